@@ -1,0 +1,24 @@
+# weightflow: geometric flow models over neural network weights.
+#   snakemake --cores 2                       every table and figure of config/config.yaml
+#   snakemake --cores 2 results/breast_cancer/figures/ensemble_training.pdf   one target
+#   snakemake --profile profiles/slurm        the same DAG on a SLURM cluster
+# Rules live in workflow/rules/*.smk and only call weightflow stages (src/weightflow).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/ensemble.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        ALL_TARGETS,

@@ -1,0 +1,54 @@
+"""Checks on a (schema-validated) config that a JSON schema cannot express, and per-experiment params.
+
+The schema (config/schema.yaml) types every field and fills defaults; :func:`check_config` then checks
+cross-field consistency (layer sizes vs the dataset's features and classes, ...).  Errors name the field
+as a dotted path, e.g. ``experiments.breast_cancer.layer_sizes``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = ["ConfigError", "check_config", "experiment_params", "DATASET_SHAPES"]
+
+# (num_features, num_classes) of each dataset with data.
+DATASET_SHAPES = {
+    "breast_cancer": (30, 2),
+    "digits": (64, 10),
+    "wine": (13, 3),
+    "iris": (4, 3),
+    "mnist": (784, 10),
+    "fashion_mnist": (784, 10),
+}
+
+
+class ConfigError(ValueError):
+    """An inconsistent config; the message names the field."""
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the field when an experiment is inconsistent."""
+    for name, exp in config["experiments"].items():
+        where = f"experiments.{name}"
+        sizes = exp["layer_sizes"]
+        shape = DATASET_SHAPES.get(exp["dataset"])
+        if shape is not None and (sizes[0], sizes[-1]) != shape:
+            raise ConfigError(
+                f"{where}.layer_sizes: {sizes} does not fit dataset {exp['dataset']!r}, which has "
+                f"{shape[0]} features and {shape[1]} classes (layer_sizes must start with {shape[0]} and end with {shape[1]})"
+            )
+        ens = exp.get("ensemble", {})
+        if ens and ens.get("burn_in_epochs", 0) >= ens.get("epochs", 1):
+            raise ConfigError(
+                f"{where}.ensemble.burn_in_epochs: {ens['burn_in_epochs']} must be smaller than epochs ({ens['epochs']}), "
+                "or no snapshot is ever taken"
+            )
+
+
+def experiment_params(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The config of experiment ``name`` plus its name and the global settings (a deep copy)."""
+    exp = copy.deepcopy(config["experiments"][name])
+    exp["name"] = name
+    exp["device"] = config.get("device", "auto")
+    return exp

@@ -1,0 +1,192 @@
+"""The one flat layout of MLP weights used everywhere in weightflow.
+
+An MLP is described by ``layer_sizes = [n0, n1, ..., nL]``: ``n0`` inputs, ``L`` affine layers, ReLU after
+every layer but the last.  A batch of ``B`` networks is one float tensor ``flat`` of shape ``[B, D]`` with
+
+    D = sum_{l=1..L} (n_l * n_{l-1} + n_l)
+
+and, for each layer ``l`` in order, the weight matrix ``W_l`` (shape ``[n_l, n_{l-1}]``, i.e. out x in,
+row-major — the same orientation as ``torch.nn.Linear.weight``) followed by the bias ``b_l`` (``[n_l]``)::
+
+    flat = [ W_1.ravel(), b_1, W_2.ravel(), b_2, ..., W_L.ravel(), b_L ]
+
+Row ``k`` of ``W_l`` (``flat[w_start + k*n_{l-1} : w_start + (k+1)*n_{l-1}]``) is the incoming weight
+vector of neuron ``k`` of layer ``l``.  Every module (alignment, canonicalization, graphs, flows, guidance)
+reads and writes this layout only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "MLPLayout",
+    "as_layout",
+    "unflatten",
+    "flatten",
+    "forward",
+    "init_weights",
+    "to_sequential",
+    "from_sequential",
+]
+
+
+@dataclass(frozen=True)
+class MLPLayout:
+    """Offsets of every layer's ``W`` and ``b`` inside the flat vector of an MLP ``layer_sizes``."""
+
+    layer_sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        sizes = tuple(int(n) for n in self.layer_sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"layer_sizes needs at least an input and an output size, got {list(sizes)}")
+        if any(n < 1 for n in sizes):
+            raise ValueError(f"layer_sizes must be positive integers, got {list(sizes)}")
+        object.__setattr__(self, "layer_sizes", sizes)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of affine layers ``L``."""
+        return len(self.layer_sizes) - 1
+
+    @property
+    def num_features(self) -> int:
+        return self.layer_sizes[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.layer_sizes[-1]
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        return self.layer_sizes[1:-1]
+
+    @cached_property
+    def offsets(self) -> tuple[tuple[int, int, int], ...]:
+        """Per layer ``(w_start, b_start, end)``: ``W_l = flat[w_start:b_start]``, ``b_l = flat[b_start:end]``."""
+        out, pos = [], 0
+        for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
+            w_start, b_start = pos, pos + fan_in * fan_out
+            pos = b_start + fan_out
+            out.append((w_start, b_start, pos))
+        return tuple(out)
+
+    @property
+    def dim(self) -> int:
+        """Total number of parameters ``D``."""
+        return self.offsets[-1][2]
+
+    def shapes(self, layer: int) -> tuple[tuple[int, int], int]:
+        """``((out, in), out)`` of layer ``layer`` (0-based)."""
+        fan_in, fan_out = self.layer_sizes[layer], self.layer_sizes[layer + 1]
+        return (fan_out, fan_in), fan_out
+
+    @cached_property
+    def is_bias(self) -> Tensor:
+        """Bool ``[D]``: True at bias coordinates."""
+        mask = torch.zeros(self.dim, dtype=torch.bool)
+        for _, b_start, end in self.offsets:
+            mask[b_start:end] = True
+        return mask
+
+    @cached_property
+    def layer_index(self) -> Tensor:
+        """Long ``[D]``: the (0-based) layer each coordinate belongs to."""
+        idx = torch.empty(self.dim, dtype=torch.long)
+        for layer, (w_start, _, end) in enumerate(self.offsets):
+            idx[w_start:end] = layer
+        return idx
+
+
+def as_layout(layer_sizes: Sequence[int] | MLPLayout) -> MLPLayout:
+    """Accept either a layout or a list of layer sizes."""
+    return layer_sizes if isinstance(layer_sizes, MLPLayout) else MLPLayout(tuple(layer_sizes))
+
+
+def _check_flat(flat: Tensor, layout: MLPLayout) -> None:
+    if flat.shape[-1] != layout.dim:
+        raise ValueError(
+            f"flat weights have {flat.shape[-1]} coordinates in their last dimension, but layer_sizes "
+            f"{list(layout.layer_sizes)} needs D={layout.dim}"
+        )
+
+
+def unflatten(flat: Tensor, layer_sizes: Sequence[int] | MLPLayout) -> list[tuple[Tensor, Tensor]]:
+    """Views ``[(W_l [..., out, in], b_l [..., out]) for each layer]`` of ``flat [..., D]`` (no copy)."""
+    layout = as_layout(layer_sizes)
+    _check_flat(flat, layout)
+    layers = []
+    for layer, (w_start, b_start, end) in enumerate(layout.offsets):
+        (fan_out, fan_in), _ = layout.shapes(layer)
+        layers.append((flat[..., w_start:b_start].unflatten(-1, (fan_out, fan_in)), flat[..., b_start:end]))
+    return layers
+
+
+def flatten(layers: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+    """Inverse of :func:`unflatten`: ``[(W [..., out, in], b [..., out])] -> flat [..., D]``."""
+    parts = []
+    for w, b in layers:
+        parts += [w.flatten(-2), b]
+    return torch.cat(parts, dim=-1)
+
+
+def forward(flat: Tensor, layer_sizes: Sequence[int] | MLPLayout, x: Tensor) -> Tensor:
+    """Logits of a batch of MLPs.
+
+    Args:
+        flat: ``[B, D]`` weights (or ``[D]`` for one network).
+        x: ``[n, n0]`` inputs shared by every network, or ``[B, n, n0]`` one input batch per network.
+
+    Returns:
+        ``[B, n, nL]`` logits (``[n, nL]`` when ``flat`` is ``[D]``).  ReLU after every layer but the last.
+    """
+    layers = unflatten(flat, layer_sizes)
+    h = x
+    for layer, (w, b) in enumerate(layers):
+        h = torch.matmul(h, w.transpose(-1, -2)) + b.unsqueeze(-2)
+        if layer < len(layers) - 1:
+            h = torch.relu(h)
+    return h
+
+
+def init_weights(
+    layer_sizes: Sequence[int] | MLPLayout,
+    num: int,
+    *,
+    init_std: float,
+    bias_std: float = 0.0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``num`` draws from the Gaussian prior: weights ~ N(0, init_std²), biases ~ N(0, bias_std²) → ``[num, D]``."""
+    layout = as_layout(layer_sizes)
+    flat = torch.randn(num, layout.dim, generator=generator, dtype=dtype)
+    std = torch.where(layout.is_bias, torch.tensor(float(bias_std)), torch.tensor(float(init_std))).to(dtype)
+    return flat * std
+
+
+def to_sequential(flat: Tensor, layer_sizes: Sequence[int] | MLPLayout) -> nn.Sequential:
+    """One network ``flat [D]`` as ``nn.Sequential(Linear, ReLU, ..., Linear)`` (weights copied)."""
+    layout = as_layout(layer_sizes)
+    modules: list[nn.Module] = []
+    for layer, (w, b) in enumerate(unflatten(flat.detach(), layout)):
+        linear = nn.Linear(w.shape[1], w.shape[0], dtype=flat.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(w)
+            linear.bias.copy_(b)
+        modules.append(linear)
+        if layer < layout.num_layers - 1:
+            modules.append(nn.ReLU())
+    return nn.Sequential(*modules)
+
+
+def from_sequential(module: nn.Sequential) -> Tensor:
+    """The flat vector ``[D]`` of an ``nn.Sequential`` of ``Linear`` (and activation) modules."""
+    linears = [m for m in module if isinstance(m, nn.Linear)]
+    return flatten((m.weight.detach(), m.bias.detach()) for m in linears)
