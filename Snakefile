@@ -8,7 +8,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default config unless the command line names one (`--configfile` replaces it instead of extending it).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 validate(config, "config/schema.yaml")
@@ -16,6 +20,9 @@ validate(config, "config/schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/canonical.smk"
+include: "workflow/rules/align.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

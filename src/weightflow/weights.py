@@ -33,6 +33,8 @@ __all__ = [
     "init_weights",
     "to_sequential",
     "from_sequential",
+    "cross_entropy",
+    "accuracy",
 ]
 
 
@@ -153,6 +155,21 @@ def forward(flat: Tensor, layer_sizes: Sequence[int] | MLPLayout, x: Tensor) -> 
         if layer < len(layers) - 1:
             h = torch.relu(h)
     return h
+
+
+def cross_entropy(flat: Tensor, layer_sizes: Sequence[int] | MLPLayout, x: Tensor, y: Tensor) -> Tensor:
+    """Mean cross-entropy (nats) of each network: ``flat [B, D]``, ``x [n, n0]`` or ``[B, n, n0]``, ``y [n]`` or ``[B, n]`` → ``[B]``.
+
+    Differentiable in ``flat``; the loss of network ``i`` depends only on ``flat[i]``."""
+    logits = forward(flat, layer_sizes, x)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -log_probs.gather(-1, y.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1).mean(-1)
+
+
+def accuracy(flat: Tensor, layer_sizes: Sequence[int] | MLPLayout, x: Tensor, y: Tensor) -> Tensor:
+    """Fraction of correct argmax predictions of each network → ``[B]`` (same shapes as :func:`cross_entropy`)."""
+    logits = forward(flat, layer_sizes, x)
+    return (logits.argmax(-1) == y.expand(logits.shape[:-1])).float().mean(-1)
 
 
 def init_weights(

@@ -3,6 +3,8 @@ from weightflow.config import check_config, experiment_params
 
 check_config(config)
 
+# The conda env of every rule (for `--sdm conda`); relative to workflow/rules/.
+CONDA_ENV = "../../envs/weightflow.yaml"
 EXPERIMENTS = list(config["experiments"])
 # Every rules file appends the files that `rule all` must build.
 ALL_TARGETS = []

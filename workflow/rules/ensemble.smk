@@ -13,6 +13,8 @@ rule train_ensemble:
     params:
         stage="weightflow.ensemble.train_stage",
         cfg=exp_params,
+    conda:
+        CONDA_ENV
     script:
         "../scripts/stage.py"
 
@@ -35,6 +37,8 @@ rule plot_ensemble_training:
     params:
         stage="weightflow.plots.ensemble.training_stage",
         cfg=exp_params,
+    conda:
+        CONDA_ENV
     script:
         "../scripts/stage.py"
 

@@ -1,0 +1,52 @@
+"""The Snakemake workflow: DAG, lint, config validation, and byte-identical reruns on the smoke config."""
+
+import pytest
+import yaml
+
+from conftest import REPO, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_dag_lists_every_experiment(tmp_path):
+    proc = run_snakemake(tmp_path, "-n", "--quiet", "rules", configfile=REPO / "config" / "config.yaml")
+    assert "train_ensemble" in proc.stdout
+
+
+def test_lint_is_clean(tmp_path):
+    proc = run_snakemake(tmp_path, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("patch,field,message", [
+    ({"ensemble": {"epochs": -3}}, "['ensemble']['epochs']", "less than the minimum"),
+    ({"ensemble": {"runs": "many"}}, "['ensemble']['runs']", "is not of type 'integer'"),
+    ({"dataset": "cifar10"}, "['dataset']", "is not one of"),
+    ({"layer_sizes": [5, 6, 3]}, "experiments.smoke.layer_sizes", "does not fit dataset 'iris'"),
+    ({"ensemble": {"burn_in_epochs": 9}}, "experiments.smoke.ensemble.burn_in_epochs", "smaller than epochs"),
+])
+def test_bad_config_stops_before_any_job(tmp_path, patch, field, message):
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    exp = config["experiments"]["smoke"]
+    for key, value in patch.items():
+        if isinstance(value, dict):
+            exp[key].update(value)
+        else:
+            exp[key] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = run_snakemake(tmp_path, "--cores", "1", configfile=path, check=False)
+    assert proc.returncode != 0
+    assert field in proc.stderr and message in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_smoke_dag_runs_and_reruns_byte_identically(smoke_workdir, tmp_path):
+    target = "results/smoke/ensemble/weights.pt"
+    first = (smoke_workdir / target).read_bytes()
+    assert (smoke_workdir / "results/smoke/figures/ensemble_training.pdf").stat().st_size > 1000
+    run_snakemake(tmp_path, "--cores", "1", target)
+    assert (tmp_path / target).read_bytes() == first
+    # nothing left to do on a second invocation in the same directory
+    proc = run_snakemake(smoke_workdir, "-n", "--cores", "1")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
