@@ -63,6 +63,7 @@ def _log_to(path: str | Path | None):
         root.addHandler(handler)
         old_level = root.level
         root.setLevel(logging.INFO)
+        logging.getLogger("fontTools").setLevel(logging.WARNING)  # matplotlib's PDF font subsetting is chatty
         logging.captureWarnings(True)
         try:
             with contextlib.redirect_stderr(fh), contextlib.redirect_stdout(fh):
