@@ -46,9 +46,19 @@ def check_config(config: dict[str, Any]) -> None:
             )
 
 
-def experiment_params(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The config of experiment ``name`` plus its name and the global settings (a deep copy)."""
+# Experiment fields every stage sees (the data and the architecture); the sections are handed out per rule.
+BASE_FIELDS = ("dataset", "data_root", "layer_sizes", "seed", "val_fraction", "test_fraction")
+
+
+def experiment_params(config: dict[str, Any], name: str, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The config of experiment ``name`` (a deep copy) plus its ``name`` and the global ``device``.
+
+    With ``sections``, only the base fields (:data:`BASE_FIELDS`) and those sections are kept: a rule declares
+    the sections its stage reads, so that editing one section of the config reruns only the rules that use it.
+    """
     exp = copy.deepcopy(config["experiments"][name])
+    if sections is not None:
+        exp = {k: v for k, v in exp.items() if k in BASE_FIELDS or k in sections}
     exp["name"] = name
     exp["device"] = config.get("device", "auto")
     return exp

@@ -1,6 +1,12 @@
 """The one script every rule runs: hand the Snakemake job to the weightflow stage named in params.stage."""
 
-from weightflow.runner import StageJob, run_stage
+import os
+
+# Idle OpenMP threads sleep instead of spinning: parallel jobs sharing cores (Snakemake --cores N, shared
+# cluster nodes) otherwise slow each other down many times over. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from weightflow.runner import StageJob, run_stage  # noqa: E402
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 params = dict(sm.params.items())

@@ -1,0 +1,64 @@
+"""Common frame of the neural-graph vector fields: flat weights → graph states → processor → flat output."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from weightflow.graph import NeuralGraph
+from weightflow.models.embeddings import GraphEncoder, GraphHead
+from weightflow.weights import MLPLayout
+
+__all__ = ["GraphVectorField", "check_inputs"]
+
+
+def check_inputs(x: Tensor, t: Tensor | float, dim: int) -> tuple[Tensor, Tensor]:
+    """Validate ``x [B, D]`` and broadcast ``t`` (a number, ``[]``, ``[B]`` or ``[B, 1]``) to ``[B]`` of ``x``'s dtype."""
+    if x.dim() != 2 or x.shape[1] != dim:
+        raise ValueError(f"model input must have shape [B, {dim}] (flat layout), got {list(x.shape)}")
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(x.shape[0])
+    if t.shape[0] != x.shape[0]:
+        raise ValueError(f"t must be a scalar or have one entry per network ({x.shape[0]}), got {t.shape[0]}")
+    return x, t
+
+
+class GraphVectorField(nn.Module):
+    """``model(x [B, D], t [B]) -> [B, D]`` through the neural graph of ``layer_sizes``.
+
+    Subclasses implement :meth:`process` on node states ``[B, N, d]`` and edge states ``[B, E, d]``.  Nothing
+    mixes the networks of a batch, so every output row depends on its own input row only.  With ``bf16`` the
+    processor runs under bfloat16 autocast (attention logits and softmax stay float32); the output has ``x``'s dtype.
+    """
+
+    equivariant = True
+
+    def __init__(
+        self,
+        layer_sizes: Sequence[int] | MLPLayout,
+        *,
+        width: int,
+        time_size: int,
+        fourier_features: int = 0,
+        fourier_scale: float = 1.0,
+        bf16: bool = False,
+    ) -> None:
+        super().__init__()
+        self.graph = NeuralGraph(layer_sizes)
+        self.encoder = GraphEncoder(self.graph, width, time_size, fourier_features, fourier_scale)
+        self.head = GraphHead(self.graph, width)
+        self.bf16 = bf16
+
+    def process(self, nodes: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        x, t = check_inputs(x, t, self.graph.layout.dim)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            nodes, edges = self.encoder(x, t)
+            nodes, edges = self.process(nodes, edges)
+            out = self.head(nodes, edges)
+        return out.to(x.dtype)

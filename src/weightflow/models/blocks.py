@@ -1,0 +1,105 @@
+"""Building blocks shared by the graph vector fields: the batched sparse incidence, feed-forward and edge-update MLPs.
+
+An *incidence* says how node states reach edges: ``source(x)`` / ``target(x)`` give every edge the state of its
+source / target node.  :class:`SparseIncidence` does it for the ``B`` tiled copies of a neural graph (node
+states ``[B*N, k]`` → edge states ``[B*E, k]``); the dense all-pairs baseline has its own
+(:class:`weightflow.models.ngt_dense.DenseIncidence`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.utils import scatter, softmax
+
+__all__ = ["SparseIncidence", "FeedForward", "EdgeUpdate"]
+
+
+class SparseIncidence:
+    """The real edges of ``B`` tiled neural graphs (``edge_index [2, B*E]``, ``num_nodes = B*N``).
+
+    Each edge is used in both directions; ``message_index [2*B*E]`` is the receiving node of the messages
+    ``cat([to_target, to_source])``.
+    """
+
+    def __init__(self, edge_index: Tensor, num_nodes: int) -> None:
+        self.source_index, self.target_index = edge_index
+        self.num_nodes = num_nodes
+        self.message_index = torch.cat([self.target_index, self.source_index])
+        # receivers of the attention scores cat([to targets, to sources, self-loops])
+        self.attention_index = torch.cat([self.message_index, torch.arange(num_nodes, device=edge_index.device)])
+
+    def source(self, x: Tensor) -> Tensor:
+        return x.index_select(0, self.source_index)
+
+    def target(self, x: Tensor) -> Tensor:
+        return x.index_select(0, self.target_index)
+
+    def attend(self, node_qkv: Tensor, edge_qkv: Tensor, heads: int) -> Tensor:
+        """Edge-conditioned multi-head attention of every node over its graph neighbours and itself.
+
+        ``node_qkv [B*N, 3d]`` and ``edge_qkv [B*E, 3d]`` hold the node and edge terms of queries, keys and values.
+        The message from node ``j`` to node ``i`` over edge ``e`` has query ``qn_i + qe_e``, key ``kn_j + ke_e`` and
+        value ``vn_j + ve_e`` (the self-loop has no edge term); per head
+        ``out_i = sum_j softmax_j(<q, k> / sqrt(d/heads)) v`` → ``[B*N, d]``.  The two directions of the edges
+        are kept apart (no concatenated copies of the ``[B*E, d]`` terms); only the ``[*, heads]`` scores are joined
+        for the softmax over each node's neighbourhood.
+        """
+        width = edge_qkv.shape[-1] // 3
+        # split (not slicing), so that the backward pass joins the gradients with one cat instead of zero-fills
+        node_q, node_k, node_v = node_qkv.split(width, dim=-1)
+        edge_q, edge_k, edge_v = edge_qkv.split(width, dim=-1)
+        src, dst = self.source_index, self.target_index
+        scale = 1.0 / math.sqrt(width // heads)
+
+        def score(q: Tensor, k: Tensor) -> Tensor:  # [M, heads], float32
+            return (q * k).unflatten(-1, (heads, -1)).sum(-1).float() * scale
+
+        def weigh(alpha: Tensor, v: Tensor) -> Tensor:  # alpha [M, heads] times the values [M, d]
+            return (alpha.unsqueeze(-1) * v.unflatten(-1, (heads, -1))).flatten(-2)
+
+        def gather(x: Tensor, index: Tensor) -> Tensor:
+            return x.index_select(0, index)
+
+        q_t, k_t, v_t = edge_q + gather(node_q, dst), edge_k + gather(node_k, src), edge_v + gather(node_v, src)
+        q_s, k_s, v_s = edge_q + gather(node_q, src), edge_k + gather(node_k, dst), edge_v + gather(node_v, dst)
+        scores = torch.cat([score(q_t, k_t), score(q_s, k_s), score(node_q, node_k)])
+        alpha = softmax(scores, self.attention_index, num_nodes=self.num_nodes).to(edge_qkv.dtype)
+        a_t, a_s, a_self = alpha.split([len(src), len(src), self.num_nodes])
+        return (
+            scatter(weigh(a_t, v_t), dst, dim=0, dim_size=self.num_nodes, reduce="sum")
+            + scatter(weigh(a_s, v_s), src, dim=0, dim_size=self.num_nodes, reduce="sum")
+            + weigh(a_self, node_v)
+        )
+
+
+class FeedForward(nn.Module):
+    """``Linear(d, h) → SiLU → Linear(h, d)`` on the last dimension."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class EdgeUpdate(nn.Module):
+    """Edge MLP on (own edge, source node, target node): ``W_o σ(W_e e + b + (W_s n)[source] + (W_t n)[target])``.
+
+    The caller passes the edge term ``W_e e + b`` (``[*, hidden]``), computed in one matmul with its other edge
+    projections.  The node terms are projected on the nodes first and then gathered onto the edges (``N ≪ E``):
+    the same map as an MLP on the concatenation ``[e, n_source, n_target]`` at a third of the edge-side cost.
+    """
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.node_in = nn.Linear(width, 2 * hidden, bias=False)
+        self.out = nn.Linear(hidden, width)
+
+    def forward(self, edge_term: Tensor, nodes: Tensor, incidence) -> Tensor:
+        source, target = self.node_in(nodes).chunk(2, dim=-1)
+        return self.out(F.silu(edge_term + incidence.source(source) + incidence.target(target)))

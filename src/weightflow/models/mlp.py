@@ -1,0 +1,50 @@
+"""Flat-vector MLP baseline: the same ``model(x [B, D], t [B]) -> [B, D]`` interface, *not* permutation-equivariant."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from weightflow.models.base import check_inputs
+from weightflow.models.blocks import FeedForward
+from weightflow.models.embeddings import TimeEmbedding
+from weightflow.weights import MLPLayout, as_layout
+
+__all__ = ["FlatMLP"]
+
+
+class FlatMLP(nn.Module):
+    """``h = W_in x + time(t)``; ``depth`` pre-norm residual blocks ``h ← h + FFN(LN h)``; ``LN → W_out`` → ``[B, D]``."""
+
+    equivariant = False
+
+    def __init__(
+        self,
+        layer_sizes: Sequence[int] | MLPLayout,
+        *,
+        width: int = 256,
+        depth: int = 3,
+        time_size: int = 64,
+        dropout: float = 0.0,
+        bf16: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dim = as_layout(layer_sizes).dim
+        self.input = nn.Linear(self.dim, width)
+        self.time = TimeEmbedding(time_size, width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth))
+        self.blocks = nn.ModuleList(FeedForward(width, 2 * width) for _ in range(depth))
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, self.dim))
+        self.bf16 = bf16
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        x, t = check_inputs(x, t, self.dim)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            h = self.input(x) + self.time(t)
+            for norm, block in zip(self.norms, self.blocks):
+                h = h + self.dropout(block(norm(h)))
+            out = self.output(h)
+        return out.to(x.dtype)
