@@ -1,0 +1,85 @@
+# Permutation alignment of every ensemble network onto each reference, and loss barriers before/after.
+
+
+def alignment_references(experiment):
+    """The experiment's reference names (config alignment.references)."""
+    return config["experiments"][experiment]["alignment"]["references"]
+
+
+rule align:
+    input:
+        weights="results/{experiment}/ensemble/weights.pt",
+    output:
+        weights="results/{experiment}/aligned/{reference}/weights.pt",
+    log:
+        "results/{experiment}/logs/align/{reference}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/align/{reference}.tsv"
+    wildcard_constraints:
+        reference=r"ref[0-9]+|medoid",
+    threads: 1  # small batched tensors: a second thread only adds synchronization
+    params:
+        stage="weightflow.align.references.align_stage",
+        cfg=exp_params,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/stage.py"
+
+
+rule loss_barriers:
+    input:
+        ensemble="results/{experiment}/ensemble/weights.pt",
+        aligned="results/{experiment}/aligned/{reference}/weights.pt",
+    output:
+        csv="results/{experiment}/barriers/{reference}.csv",
+    log:
+        "results/{experiment}/logs/loss_barriers/{reference}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/loss_barriers/{reference}.tsv"
+    wildcard_constraints:
+        reference=r"ref[0-9]+|medoid",
+    threads: 1  # small batched tensors: a second thread only adds synchronization
+    params:
+        stage="weightflow.barriers.barriers_stage",
+        cfg=exp_params,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/stage.py"
+
+
+rule plot_loss_barriers:
+    input:
+        csvs=lambda wc: expand(
+            "results/{experiment}/barriers/{reference}.csv",
+            experiment=wc.experiment,
+            reference=alignment_references(wc.experiment),
+        ),
+    output:
+        pdf=report(
+            "results/{experiment}/figures/loss_barriers.pdf",
+            caption="../report/loss_barriers.rst",
+            category="{experiment}",
+            subcategory="Alignment",
+        ),
+        png="results/{experiment}/figures/loss_barriers.png",
+    log:
+        "results/{experiment}/logs/plot_loss_barriers.log",
+    benchmark:
+        "results/{experiment}/benchmarks/plot_loss_barriers.tsv"
+    params:
+        stage="weightflow.plots.barriers.loss_barriers_stage",
+        cfg=exp_params,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/stage.py"
+
+
+ALL_TARGETS.extend(
+    expand(
+        "results/{experiment}/figures/loss_barriers.pdf",
+        experiment=[e for e in EXPERIMENTS if config["experiments"][e]["dataset"] != "gaussian"],
+    )
+)
