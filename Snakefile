@@ -22,7 +22,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/canonical.smk"
 include: "workflow/rules/align.smk"
+include: "workflow/rules/flow.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/likelihood.smk"
 
 
 rule all:

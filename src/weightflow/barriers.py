@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from weightflow.align.references import load_experiment_data
+from weightflow.data import load_experiment_data
 from weightflow.io import WeightsFile, WeightsFileError, load_weights
 from weightflow.utils import generator, resolve_device
 from weightflow.weights import MLPLayout, as_layout, cross_entropy

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Dataset", "DATASETS", "load_dataset", "read_idx", "DEFAULT_ROOTS"]
+__all__ = ["Dataset", "DATASETS", "load_dataset", "load_experiment_data", "read_idx", "DEFAULT_ROOTS"]
 
 SKLEARN_DATASETS = ("breast_cancer", "digits", "wine", "iris")
 IDX_DATASETS = ("mnist", "fashion_mnist")
@@ -172,3 +172,14 @@ def load_dataset(
     if name in IDX_DATASETS:
         return _load_idx(name, root, seed, val_fraction)
     return _gaussian_target()
+
+
+def load_experiment_data(cfg: dict) -> Dataset:
+    """The dataset of an experiment config (its ``dataset``, ``seed``, ``data_root`` and split fractions)."""
+    return load_dataset(
+        cfg["dataset"],
+        seed=cfg.get("seed", 0),
+        root=cfg.get("data_root"),
+        val_fraction=cfg.get("val_fraction", 0.2),
+        test_fraction=cfg.get("test_fraction", 0.2),
+    )

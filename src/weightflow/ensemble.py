@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 import weightflow
-from weightflow.data import Dataset, load_dataset
+from weightflow.data import Dataset, load_experiment_data
 from weightflow.io import WeightsFile, save_weights
 from weightflow.runner import StageJob
 from weightflow.utils import config_hash, derive_seed, generator, progress, resolve_device
@@ -191,8 +191,7 @@ def train_stage(job: StageJob) -> None:
     """Snakemake stage: ``results/{experiment}/ensemble/weights.pt`` and ``metrics.csv``."""
     cfg = job.params["cfg"]
     ens = EnsembleConfig(**cfg["ensemble"])
-    data = load_dataset(cfg["dataset"], seed=cfg["seed"], root=cfg.get("data_root"),
-                        val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"])
+    data = load_experiment_data(cfg)
     if data.weight_target:
         snapshots = gaussian_target_samples(cfg["layer_sizes"], ens.runs, seed=cfg["seed"], **data.weight_target)
         history = pd.DataFrame({"run": [], "epoch": [], "step": []})

@@ -25,7 +25,7 @@ from torch import Tensor
 from weightflow.align.permutations import apply_permutations
 from weightflow.align.sinkhorn import sinkhorn_rebasin
 from weightflow.align.weight_matching import weight_matching
-from weightflow.data import Dataset, load_dataset
+from weightflow.data import Dataset, load_experiment_data
 from weightflow.io import WeightsFile, WeightsFileError, load_weights, save_weights
 from weightflow.utils import generator, progress, resolve_device
 from weightflow.weights import MLPLayout, as_layout, cross_entropy
@@ -39,7 +39,6 @@ __all__ = [
     "align",
     "align_weights_file",
     "align_stage",
-    "load_experiment_data",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,17 +46,6 @@ log = logging.getLogger(__name__)
 METHODS = ("weight_matching", "sinkhorn")
 # Deterministic stand-in for E_{λ~U(0,1)} in the reported `rnd` objective: the 8-point midpoint rule.
 RND_LAMBDAS = (torch.arange(8, dtype=torch.float64) + 0.5) / 8
-
-
-def load_experiment_data(cfg: dict[str, Any]) -> Dataset:
-    """The experiment's dataset with its configured seed and split fractions."""
-    return load_dataset(
-        cfg["dataset"],
-        seed=cfg.get("seed", 0),
-        root=cfg.get("data_root"),
-        val_fraction=cfg.get("val_fraction", 0.2),
-        test_fraction=cfg.get("test_fraction", 0.2),
-    )
 
 
 def medoid_index(final: Tensor, layer_sizes: Sequence[int] | MLPLayout, *, seed: int = 0, max_pairs: int = 50_000) -> int:
