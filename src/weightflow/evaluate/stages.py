@@ -1,0 +1,137 @@
+"""Snakemake stages of the evaluation: score one source of networks, build the samples table.
+
+Sources (the ``{source}`` wildcard): ``ensemble`` (all snapshots: the flows' target), ``deep_ensemble`` (the final
+weights of every run), ``sgld`` (the snapshots of the experiment named in ``evaluation.sgld``) and every flow id
+(its samples from the main sampler, ``sampling.main``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+
+from weightflow.config import ConfigError
+from weightflow.data import load_dataset
+from weightflow.evaluate.networks import EvaluationSettings, evaluate_networks
+from weightflow.evaluate.ood import ood_inputs
+from weightflow.evaluate.steps import quality_vs_steps
+from weightflow.flow.model_file import load_flow
+from weightflow.evaluate.tables import samples_table, source_label, write_table
+from weightflow.io import WeightsFile, WeightsFileError, load_weights
+from weightflow.runner import StageJob
+from weightflow.utils import derive_seed, generator, resolve_device
+
+__all__ = ["check_evaluation_config", "load_split", "load_source", "evaluate_stage", "table_stage", "steps_stage"]
+
+log = logging.getLogger(__name__)
+
+
+def check_evaluation_config(config: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the field if ``evaluation.sgld`` or ``evaluation.steps_flows`` of an
+    experiment does not refer to what exists (an experiment with the same data; the experiment's own flows)."""
+    experiments = config["experiments"]
+    for name, exp in experiments.items():
+        section = exp["evaluation"]
+        where = f"experiments.{name}.evaluation"
+        other = section["sgld"]
+        if other is not None:
+            if other not in experiments:
+                raise ConfigError(f"{where}.sgld: no experiment named {other!r}")
+            for key in ("dataset", "seed", "layer_sizes", "val_fraction", "test_fraction"):
+                if experiments[other][key] != exp[key]:
+                    raise ConfigError(f"{where}.sgld: experiment {other!r} has {key} {experiments[other][key]!r}, "
+                                      f"this one {exp[key]!r}; they must match")
+            if experiments[other]["ensemble"]["optimizer"] != "sgld":
+                raise ConfigError(f"{where}.sgld: experiment {other!r} trains with optimizer "
+                                  f"{experiments[other]['ensemble']['optimizer']!r}, not sgld")
+        unknown = sorted(set(section["steps_flows"] or []) - set(exp["flows"]))
+        if unknown:
+            raise ConfigError(f"{where}.steps_flows: {unknown} are not flows of this experiment ({exp['flows']})")
+
+
+def load_split(cfg: dict[str, Any]):
+    """``(dataset, x, y)`` of the experiment's dataset and its ``evaluation.split``."""
+    data = load_dataset(cfg["dataset"], seed=cfg["seed"], root=cfg.get("data_root"),
+                        val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"])
+    x, y = data.split(cfg["evaluation"]["split"])
+    return data, x, y
+
+
+def load_source(path: str, source: str, cfg: dict[str, Any]) -> WeightsFile:
+    """The networks of ``source`` from weights file ``path``: all rows, or only ``final == 1`` for ``deep_ensemble``;
+    at most ``evaluation.max_networks`` of them (a seeded random subset, in file order)."""
+    wf = load_weights(path, layer_sizes=cfg["layer_sizes"])
+    if source == "sgld":
+        for key in ("dataset", "seed"):
+            if wf.metadata.get(key) != cfg[key]:
+                raise WeightsFileError(
+                    f"{path}: metadata '{key}' is {wf.metadata.get(key)!r} but experiment {cfg['name']!r} has "
+                    f"{cfg[key]!r}; evaluation.sgld must name an experiment with the same dataset and seed"
+                )
+    if source == "deep_ensemble":
+        if "final" not in wf.columns:
+            raise WeightsFileError(f"{path}: column 'final' is missing (needed for the deep ensemble)")
+        wf = wf.select(wf.columns["final"] == 1)
+    cap = cfg["evaluation"]["max_networks"]
+    if len(wf) > cap:
+        keep = torch.randperm(len(wf), generator=generator(cfg["seed"], "evaluation", "subset", source))[:cap]
+        log.info("%s: scoring a random subset of %d of its %d networks", source, cap, len(wf))
+        wf = wf.select(keep.sort().values)
+    return wf
+
+
+def evaluate_stage(job: StageJob) -> None:
+    """``results/{e}/evaluation/{source}/``: ``networks.csv``, ``bma.csv``, ``reliability.csv``, ``summary.json``."""
+    cfg = job.params["cfg"]
+    source, section = job.wildcards["source"], cfg["evaluation"]
+    device = resolve_device(cfg["device"])
+    data, x, y = load_split(cfg)
+    wf = load_source(job.inputs["weights"], source, cfg)
+    x_ood = None
+    if section["ood"] is not None:
+        x_ood = ood_inputs(section["ood"], data, num=section["ood_samples"],
+                           generator=generator(cfg["seed"], "evaluation", "ood"), root=cfg.get("data_root"))
+    result = evaluate_networks(wf.weights.to(device), wf.layer_sizes, x, y, EvaluationSettings.from_config(cfg),
+                               generator=generator(cfg["seed"], "evaluation", source), x_ood=x_ood)
+    networks = result.networks
+    for name, values in wf.columns.items():
+        if name not in networks:
+            networks.insert(len(networks.columns), name, values.numpy())
+    networks.to_csv(job.output_path("networks"), index=False, float_format="%.6g")
+    result.bma.to_csv(job.output_path("bma"), index=False, float_format="%.6g")
+    result.reliability.to_csv(job.output_path("reliability"), index=False, float_format="%.6g")
+    summary = {"source": source, "label": source_label(source), "split": section["split"], **result.summary}
+    job.output_path("summary").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def table_stage(job: StageJob) -> None:
+    """``results/{e}/tables/samples.csv`` and ``.tex`` from every source's ``summary.json``."""
+    cfg = job.params["cfg"]
+    summaries = [json.loads(open(path).read()) for path in job.inputs["summaries"]]
+    table = samples_table(summaries)
+    split = cfg["evaluation"]["split"]
+    write_table(
+        table, job.output_path("csv"), job.output_path("tex"),
+        caption=(f"Sampled networks on {cfg['name'].replace('_', ' ')} ({split} split): mean $\\pm$ std over "
+                 "networks of accuracy and NLL (as sampled, and on the canonical last-layer scale), mean ECE, "
+                 "mean pairwise JS divergence and disagreement, and the BMA of $n$ networks."),
+        label=f"tab:{cfg['name']}-samples",
+    )
+    log.info("samples table of %s:\n%s", cfg["name"], table.to_string(index=False))
+
+
+def steps_stage(job: StageJob) -> None:
+    """``results/{e}/evaluation/steps/{flow}.csv``: sample quality vs integration steps, unguided and guided."""
+    cfg = job.params["cfg"]
+    section = cfg["evaluation"]
+    data, x, y = load_split(cfg)
+    flow = load_flow(job.inputs["model"], device=resolve_device(cfg["device"]))
+    guidance = [0.0] + ([section["steps_guidance"]] if section["steps_guidance"] > 0 else [])
+    frame = quality_vs_steps(flow, x, y, section["steps"], num=section["steps_samples"], guidance=guidance,
+                             guidance_data=(data.x_train, data.y_train),
+                             seed=derive_seed(cfg["seed"], "evaluation", "steps", job.wildcards["flow"]),
+                             last_radius=cfg["canonical"].get("last_radius"))
+    frame.to_csv(job.output_path("csv"), index=False, float_format="%.6g")

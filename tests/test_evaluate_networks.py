@@ -1,0 +1,142 @@
+"""Evaluating sets of networks: BMA sanity on trained ensembles, canonical-scale NLL, the stages and figures."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from weightflow.data import load_dataset
+from weightflow.ensemble import EnsembleConfig, train_ensemble
+from weightflow.evaluate import metrics
+from weightflow.evaluate.networks import EvaluationSettings, evaluate_networks, log_probs_of
+from weightflow.evaluate.stages import evaluate_stage, table_stage
+from weightflow.evaluate.tables import samples_table
+from weightflow.io import save_weights
+from weightflow.plots.evaluation import bma_stage, calibration_stage, diversity_stage
+from weightflow.runner import StageJob
+from weightflow.weights import unflatten
+
+SETTINGS = EvaluationSettings(bma_sizes=(1, 2, 4, 8, 64), bma_subsets=10, diversity_networks=16)
+
+
+def quick_ensemble(name, layer_sizes, runs=8, epochs=6, snapshot_every=5):
+    data = load_dataset(name, seed=0)
+    cfg = EnsembleConfig(runs=runs, epochs=epochs, batch_size=32, lr=3e-3, burn_in_epochs=epochs - 2,
+                         snapshot_every=snapshot_every)
+    return data, train_ensemble(data, layer_sizes, cfg, seed=0).snapshots
+
+
+@pytest.mark.parametrize("name,layer_sizes", [("breast_cancer", [30, 16, 16, 2]), ("digits", [64, 16, 10])])
+def test_bma_of_an_ensemble_beats_its_mean_member(name, layer_sizes):
+    data, snaps = quick_ensemble(name, layer_sizes)
+    final = snaps.weights[snaps.columns["final"] == 1]  # 8 independent runs
+    result = evaluate_networks(final, layer_sizes, data.x_test, data.y_test, SETTINGS,
+                               generator=torch.Generator().manual_seed(0))
+    s = result.summary
+    assert s["bma_n"] == 8  # 64 > 8 runs: the BMA of all of them
+    assert s["bma_accuracy"] >= s["accuracy_mean"]
+    # Jensen: the NLL of the averaged probabilities never exceeds the members' mean NLL.
+    assert s["bma_nll"] <= s["nll_mean"] + 1e-6
+    assert s["bma_brier"] <= s["brier_mean"] + 1e-6
+    assert result.bma["n"].tolist() == [1, 2, 4, 8]
+    assert 0.0 < s["diversity_js"] < 0.6931472 and 0.0 <= s["diversity_disagreement"] <= 1.0
+    assert len(result.networks) == 8 and result.networks["accuracy"].between(0, 1).all()
+
+
+def test_canonical_nll_is_invariant_to_the_last_layer_scale():
+    data, snaps = quick_ensemble("iris", [4, 6, 3], runs=4, epochs=4)
+    nets = snaps.weights[snaps.columns["final"] == 1]
+    scaled = nets.clone()
+    w_last, b_last = unflatten(scaled, [4, 6, 3])[-1]
+    factor = torch.tensor([0.5, 2.0, 3.0, 0.25])[:, None]
+    w_last.mul_(factor[:, :, None])
+    b_last.mul_(factor)
+    # ReLU scale symmetry on the hidden layer too: same function.
+    w0, b0 = unflatten(scaled, [4, 6, 3])[0]
+    w1, _ = unflatten(scaled, [4, 6, 3])[1]
+    w0.mul_(4.0), b0.mul_(4.0), w1.div_(4.0)
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    a = evaluate_networks(nets, [4, 6, 3], data.x_test, data.y_test, SETTINGS, generator=gen()).networks
+    b = evaluate_networks(scaled, [4, 6, 3], data.x_test, data.y_test, SETTINGS, generator=gen()).networks
+    assert a["accuracy"].tolist() == b["accuracy"].tolist()
+    assert b["nll_canonical"].to_numpy() == pytest.approx(a["nll_canonical"].to_numpy(), rel=1e-4)
+    assert not b["nll"].to_numpy() == pytest.approx(a["nll"].to_numpy(), rel=1e-2)  # raw NLL does depend on it
+
+
+def test_stages_write_summaries_table_and_figures(tmp_path):
+    data, snaps = quick_ensemble("iris", [4, 6, 3], runs=5, epochs=6, snapshot_every=1)  # 6 snapshots per run
+    snaps.metadata = {"dataset": "iris", "seed": 0}
+    save_weights(tmp_path / "weights.pt", snaps)
+    cfg = {"name": "toy_run", "dataset": "iris", "seed": 0, "layer_sizes": [4, 6, 3], "device": "cpu",
+           "val_fraction": 0.2, "test_fraction": 0.2,
+           "evaluation": {"split": "test", "max_networks": 20, "ece_bins": 15, "bma_sizes": [1, 4, 64],
+                          "bma_subsets": 5, "diversity_networks": 8, "ood": "gaussian_noise", "ood_samples": 50}}
+    out = {}
+    for source in ("ensemble", "deep_ensemble"):
+        out[source] = {k: tmp_path / source / f for k, f in (("networks", "networks.csv"), ("bma", "bma.csv"),
+                       ("reliability", "reliability.csv"), ("summary", "summary.json"))}
+        evaluate_stage(StageJob(inputs={"weights": str(tmp_path / "weights.pt")}, outputs=out[source],
+                                params={"cfg": cfg}, wildcards={"source": source}))
+    summaries = {s: json.loads(out[s]["summary"].read_text()) for s in out}
+    assert summaries["ensemble"]["num_networks"] == 20 and summaries["deep_ensemble"]["num_networks"] == 5
+    assert 0.0 <= summaries["ensemble"]["bma_ood_auroc"] <= 1.0
+    networks = pd.read_csv(out["deep_ensemble"]["networks"])
+    assert (networks["final"] == 1).all() and {"run", "step", "ood_auroc"} <= set(networks.columns)
+    rel = pd.read_csv(out["ensemble"]["reliability"])
+    assert rel.groupby("kind")["count"].sum().to_dict() == {"single": 20 * 30, "bma": 30}  # 30 test inputs
+
+    job = StageJob(inputs={"summaries": [str(out[s]["summary"]) for s in out]},
+                   outputs={"csv": tmp_path / "samples.csv", "tex": tmp_path / "samples.tex"}, params={"cfg": cfg})
+    table_stage(job)
+    table = pd.read_csv(tmp_path / "samples.csv")
+    assert table["flow"].tolist() == ["Target", "Deep ensemble"]
+    assert table.loc[1, "accuracy"] == pytest.approx(summaries["deep_ensemble"]["accuracy_mean"])
+    tex = (tmp_path / "samples.tex").read_text()
+    assert "\\begin{tabular}" in tex and "$\\pm$" in tex and "toy run" in tex
+
+    for stage, inputs in ((bma_stage, {"bma": [str(out[s]["bma"]) for s in out]}),
+                          (calibration_stage, {"reliability": [str(out[s]["reliability"]) for s in out],
+                                               "summaries": [str(out[s]["summary"]) for s in out]}),
+                          (diversity_stage, {"summaries": [str(out[s]["summary"]) for s in out]})):
+        files = {"pdf": tmp_path / f"{stage.__name__}.pdf", "png": tmp_path / f"{stage.__name__}.png"}
+        stage(StageJob(inputs=inputs, outputs=files, params={"cfg": cfg}))
+        assert all(f.stat().st_size > 5000 for f in files.values())
+
+
+def test_samples_table_orders_flows_then_baselines():
+    base = {"num_networks": 4, "accuracy_mean": 0.9, "accuracy_std": 0.01, "nll_mean": 0.3, "nll_std": 0.1,
+            "nll_canonical_mean": 0.3, "nll_canonical_std": 0.1, "ece_mean": 0.05, "diversity_js": 0.01,
+            "diversity_disagreement": 0.02, "bma_n": 4, "bma_accuracy": 0.92, "bma_nll": 0.25}
+    sources = ["ensemble", "geometric-ref0-ot", "euclidean-none-independent", "euclidean-ref0-ot", "deep_ensemble"]
+    table = samples_table([dict(base, source=s) for s in sources])
+    assert list(zip(table["flow"], table["alignment"], table["coupling"])) == [
+        ("euclidean", "none", "independent"), ("euclidean", "ref0", "ot"), ("geometric", "ref0", "ot"),
+        ("Target", "", ""), ("Deep ensemble", "", "")]
+
+
+def test_log_probs_of_matches_per_network_forward():
+    data, snaps = quick_ensemble("iris", [4, 6, 3], runs=3, epochs=3)
+    lp = log_probs_of(snaps.weights[:5], [4, 6, 3], data.x_test)
+    for i in range(5):
+        single = log_probs_of(snaps.weights[i:i + 1], [4, 6, 3], data.x_test)[0]
+        assert torch.allclose(lp[i], single, atol=1e-6)
+    assert torch.allclose(metrics.bma_log_probs(lp).exp().sum(-1), torch.ones(len(data.y_test)), atol=1e-6)
+
+
+def test_config_check_names_the_field():
+    from weightflow.config import ConfigError
+    from weightflow.evaluate.stages import check_evaluation_config
+
+    def exp(optimizer="adam", seed=0, flows=(), steps_flows=None, sgld=None):
+        return {"dataset": "iris", "seed": seed, "layer_sizes": [4, 6, 3], "val_fraction": 0.2,
+                "test_fraction": 0.2, "flows": list(flows), "ensemble": {"optimizer": optimizer},
+                "evaluation": {"sgld": sgld, "steps_flows": steps_flows}}
+
+    check_evaluation_config({"experiments": {"a": exp(sgld="b"), "b": exp(optimizer="sgld")}})
+    with pytest.raises(ConfigError, match=r"experiments\.a\.evaluation\.sgld: experiment 'b' has seed"):
+        check_evaluation_config({"experiments": {"a": exp(sgld="b"), "b": exp(optimizer="sgld", seed=1)}})
+    with pytest.raises(ConfigError, match=r"experiments\.a\.evaluation\.sgld: no experiment named 'c'"):
+        check_evaluation_config({"experiments": {"a": exp(sgld="c")}})
+    with pytest.raises(ConfigError, match=r"experiments\.a\.evaluation\.steps_flows"):
+        check_evaluation_config({"experiments": {"a": exp(flows=["euclidean-none-ot"], steps_flows=["x"])}})
