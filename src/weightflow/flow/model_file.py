@@ -1,0 +1,133 @@
+"""A trained flow: :class:`FlowModel` and its file ``model.pt`` (:func:`save_flow`, :func:`load_flow`).
+
+``model.pt`` is a plain dict read with ``torch.load(weights_only=True)``::
+
+    {
+      "format": "weightflow-flow", "format_version": 1,
+      "config": str,                 # JSON: flow id parts, layer_sizes, model and flow config, path params, ...
+      "state_dict": {name: Tensor},  # EMA weights of the vector-field network
+      "holdout_runs": Tensor [H] int64,  # ensemble runs held out of training (for likelihood evaluation)
+    }
+
+From a notebook::
+
+    from weightflow.flow import load_flow, sample
+    flow = load_flow("results/breast_cancer/flows/geometric-ref0-ot/model.pt")
+    nets = sample(flow, 64, steps=100)          # [64, D] flat-layout networks
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from weightflow.flow.objectives import OBJECTIVES
+from weightflow.flow.paths import FlowPath, build_path
+from weightflow.models import build_model
+from weightflow.weights import MLPLayout
+
+__all__ = ["FlowModel", "FlowFileError", "build_network", "save_flow", "load_flow"]
+
+FORMAT = "weightflow-flow"
+FORMAT_VERSION = 1
+
+
+class FlowFileError(ValueError):
+    """A flow model file is missing or malformed (the message names the file and field)."""
+
+
+def build_network(config: dict[str, Any]) -> nn.Module:
+    """The vector-field network of ``config['model']`` (``name`` plus options) for ``layer_sizes``, its
+    initial parameters drawn from ``config['model_seed']``."""
+    options = dict(config["model"])
+    name = options.pop("name")
+    return build_model(name, list(config["layer_sizes"]), seed=config["model_seed"], **options)
+
+
+class FlowModel:
+    """A trained flow: geometry, prior, vector-field network (EMA weights, eval mode) and its config.
+
+    Attributes:
+        geometry: the path geometry (``Euclidean`` for euclidean/normalized flows, ``ProductSpheres`` for
+            geometric flows): exp/log/tangent projections used by the sampler and likelihoods.
+        prior: the geometry whose ``sample_prior`` / ``prior_log_prob`` define p0 (``ProductSpheres`` for the
+            normalized flow — its prior lives on the manifold while its path is Euclidean — else ``geometry``).
+        layout: the base networks' :class:`MLPLayout`.
+        model: the network ``model(x [B, D], t [B]) -> [B, D]``.
+        config: dict (see :func:`save_flow`).
+        holdout_runs: ensemble run ids kept out of training.
+    """
+
+    def __init__(self, path: FlowPath, model: nn.Module, config: dict[str, Any], holdout_runs: list[int]):
+        self.path = path
+        self.geometry = path.geometry
+        self.prior = path.prior
+        self.layout = MLPLayout(tuple(config["layer_sizes"]))
+        self.model = model
+        self.config = config
+        self.holdout_runs = [int(r) for r in holdout_runs]
+        self.objective = OBJECTIVES[config["flow"]["objective"]]
+
+    @property
+    def device(self) -> torch.device:
+        tensor = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "FlowModel":
+        self.model.to(device)
+        return self
+
+    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """The sampler's velocity ``[B, D]`` at ``x [B, D]``, ``t [B]`` (tangent to the manifold on spheres)."""
+        return self.objective.velocity(self.geometry, self.model(x, t).float(), x, t)
+
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``[n, D]`` draws from p0 on the model's device."""
+        return self.path.sample_prior(n, generator=generator).to(self.device)
+
+
+def save_flow(path: str | Path, model: nn.Module, config: dict[str, Any], holdout_runs: list[int]) -> None:
+    """Write ``model.pt``: the (EMA) network's state dict, the JSON config and the held-out runs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(config, sort_keys=True),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "holdout_runs": torch.tensor([int(r) for r in holdout_runs], dtype=torch.long),
+    }
+    torch.save(payload, path)
+
+
+def load_flow(path: str | Path, device: str | torch.device = "cpu") -> FlowModel:
+    """Read ``model.pt`` safely (``weights_only=True``) into a :class:`FlowModel` in eval mode on ``device``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlowFileError(f"{path}: no such flow model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise FlowFileError(f"{path}: not a readable flow model file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FlowFileError(f"{path}: field 'format' is not '{FORMAT}'")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise FlowFileError(f"{path}: field 'format_version' is {payload.get('format_version')!r}, expected {FORMAT_VERSION}")
+    for key in ("config", "state_dict", "holdout_runs"):
+        if key not in payload:
+            raise FlowFileError(f"{path}: field '{key}' is missing")
+    config = json.loads(payload["config"])
+    model = build_network(config)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise FlowFileError(f"{path}: field 'state_dict' does not fit model {config['model']}: {exc}") from exc
+    model.eval().requires_grad_(False).to(device)
+    layout = MLPLayout(tuple(config["layer_sizes"]))
+    flow_path = build_path(config["geometry"], layout, config["path_params"], config["flow"]["sigma"])
+    return FlowModel(flow_path, model, config, payload["holdout_runs"].tolist())

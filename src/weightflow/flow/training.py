@@ -1,0 +1,291 @@
+"""Flow-matching training loop with exact checkpoint/resume.
+
+One step: ``B`` data rows ``x1`` (uniform with replacement), ``B`` fresh prior draws ``x0``, coupled by the
+flow's coupling (:mod:`weightflow.flow.couplings`), times ``t`` from the time distribution, path point and
+target velocity from :class:`~weightflow.flow.paths.FlowPath`, and the objective's loss
+(:mod:`weightflow.flow.objectives`).  Adam with linear warm-up then cosine decay to
+``final_lr_fraction * lr``, gradient-norm clipping, an exponential moving average (EMA) of the weights
+(``torch.optim.swa_utils``), bf16 autocast on CUDA, a guard that skips non-finite steps (and stops after
+``max_nonfinite`` in a row), and periodic validation: the loss on held-out data (fixed x0, t) and the accuracy
+of a few networks sampled from the EMA model on the task's validation split.
+
+Checkpoints hold the model, EMA, optimizer, scheduler, the training generator's and torch's RNG states, and
+the log so far: resuming at step ``k`` reproduces the uninterrupted run exactly (on the same device).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from weightflow.flow.couplings import couple
+from weightflow.flow.objectives import OBJECTIVES, sample_time
+from weightflow.flow.paths import FlowPath
+from weightflow.utils import progress
+
+__all__ = ["TrainSettings", "TrainResult", "train_flow", "lr_factor", "ema_update"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """The ``flow`` config section (defaults = config/schema.yaml ``$defs/flow``; see config/README.md)."""
+
+    objective: str = "x1"
+    time_distribution: str = "beta"
+    sigma: float = 0.0
+    iterations: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    final_lr_fraction: float = 0.01
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    holdout_fraction: float = 0.1
+    prior_std: float | None = None
+    bias_prior_std: float | None = None
+    val_every: int = 250
+    val_samples: int = 16
+    val_steps: int = 20
+    val_rows: int = 512
+    checkpoint_every: int = 500
+    max_nonfinite: int = 10
+    bf16: bool = True
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "TrainSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"flow: unknown setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**section)
+
+
+@dataclass
+class TrainResult:
+    """The EMA network (eval mode), the raw network, the log (one row per validation) and the final step."""
+
+    ema_model: nn.Module
+    model: nn.Module
+    log: pd.DataFrame
+    step: int
+
+
+def lr_factor(step: int, iterations: int, warmup_steps: int, final_fraction: float) -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warm-up over ``warmup_steps``, then cosine to ``final_fraction``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress_ = min(1.0, (step - warmup_steps) / max(1, iterations - warmup_steps))
+    return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor | int], None]:
+    """``multi_avg_fn`` for :class:`AveragedModel`: EMA with warm-up, ``d_n = min(decay, (1 + n)/(10 + n))``
+    after ``n`` updates, so short runs are not dominated by the initial weights."""
+
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor | int) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        for a, c in zip(averaged, current):
+            a.lerp_(c, 1.0 - d)
+
+    return update
+
+
+def _rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _save_atomic(payload: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+class _Validator:
+    """Held-out loss with fixed x0/t/noise (comparable across steps) and sampled networks' accuracy."""
+
+    def __init__(self, path, objective, coupling, holdout, settings, seed_generator, sample_accuracy):
+        self.path, self.objective, self.coupling = path, objective, coupling
+        self.sample_accuracy = sample_accuracy
+        self.batch = None
+        if holdout is not None and len(holdout):
+            gen = seed_generator("val-batch")
+            n = min(settings.val_rows, len(holdout))
+            x1 = holdout[torch.randperm(len(holdout), generator=gen)[:n].to(holdout.device)]
+            x0 = couple(coupling, path.sample_prior(n, generator=gen).to(x1.device), x1, path.geometry)
+            t = sample_time(n, settings.time_distribution, gen).to(x1.device)
+            x_t, u_t = path.point_and_velocity(x0, x1, t, gen)
+            self.batch = (x_t, t, x1, u_t)
+
+    @torch.no_grad()
+    def __call__(self, ema: nn.Module, step: int) -> dict[str, float]:
+        out = {"val_loss": float("nan"), "sample_acc": float("nan")}
+        if self.batch is not None:
+            x_t, t, x1, u_t = self.batch
+            out["val_loss"] = float(self.objective.loss(self.path.geometry, ema(x_t, t), x_t, x1, u_t))
+        if self.sample_accuracy is not None:
+            out["sample_acc"] = float(self.sample_accuracy(ema, step))
+        return out
+
+
+def train_flow(
+    path: FlowPath,
+    model: nn.Module,
+    data: Tensor,
+    *,
+    coupling: str,
+    settings: TrainSettings,
+    seed_generator: Callable[..., torch.Generator],
+    holdout: Tensor | None = None,
+    sample_accuracy: Callable[[nn.Module, int], float] | None = None,
+    device: str | torch.device = "cpu",
+    checkpoint: str | Path | None = None,
+    fingerprint: str = "",
+    stop_after: int | None = None,
+    log_csv: str | Path | None = None,
+) -> TrainResult:
+    """Train ``model`` by flow matching from the prior of ``path`` to the rows of ``data [N, D]``.
+
+    Args:
+        coupling: ``'independent'`` or ``'ot'``.
+        seed_generator: ``keys -> torch.Generator`` (e.g. ``partial(weightflow.utils.generator, seed, flow_id)``);
+            the training stream is ``seed_generator('train')``.
+        holdout: ``[H, D]`` held-out rows for the validation loss (optional).
+        sample_accuracy: ``(ema_model, step) -> accuracy`` of networks sampled from it (optional).
+        checkpoint: checkpoint file; if it exists and its ``fingerprint`` matches, training resumes from it.
+        stop_after: stop (after checkpointing) once this many steps are done — training in chunks.
+        log_csv: the validation log is (re)written there at every validation.
+    """
+    device = torch.device(device)
+    objective = OBJECTIVES[settings.objective]
+    model = model.to(device)
+    data = data.to(device)
+    holdout = holdout.to(device) if holdout is not None else None
+    ema = AveragedModel(model, multi_avg_fn=ema_update(settings.ema_decay))
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(s, settings.iterations, settings.warmup_steps, settings.final_lr_fraction),
+    )
+    gen = seed_generator("train")
+    validate = _Validator(path, objective, coupling, holdout, settings, seed_generator, sample_accuracy)
+    autocast = device.type == "cuda" and settings.bf16
+    rows: list[dict[str, float]] = []
+    window = {"loss": 0.0, "grad_norm": 0.0, "count": 0, "skipped": 0}
+    step = consecutive_bad = 0
+
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            _set_rng_states(state["rng"])
+            rows = json.loads(state["log"])
+            window = json.loads(state["window"])
+            consecutive_bad = int(state["consecutive_bad"])
+            step = int(state["step"])
+            log.info("resumed from %s at step %d", checkpoint, step)
+        else:
+            log.warning("ignoring checkpoint %s: it belongs to another configuration", checkpoint)
+
+    def save_checkpoint() -> None:
+        if checkpoint is None:
+            return
+        _save_atomic({
+            "fingerprint": fingerprint,
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": gen.get_state(),
+            "rng": _rng_states(),
+            "log": json.dumps(rows),
+            "window": json.dumps(window),
+            "consecutive_bad": consecutive_bad,
+        }, checkpoint)
+
+    def write_log() -> None:
+        if log_csv is not None:
+            Path(log_csv).parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(rows).to_csv(log_csv, index=False)
+
+    model.train()
+    n = data.shape[0]
+    start = time.perf_counter()
+    bar = progress(total=settings.iterations, initial=step, desc="flow matching")
+    while step < settings.iterations and (stop_after is None or step < stop_after):
+        idx = torch.randint(n, (settings.batch_size,), generator=gen).to(device)
+        x1 = data[idx]
+        x0 = couple(coupling, path.sample_prior(settings.batch_size, generator=gen).to(device), x1, path.geometry)
+        t = sample_time(settings.batch_size, settings.time_distribution, gen).to(device)
+        x_t, u_t = path.point_and_velocity(x0, x1, t, gen)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(x_t, t)
+        loss = objective.loss(path.geometry, out.float(), x_t, x1, u_t)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        if torch.isfinite(loss) and torch.isfinite(grad_norm):
+            optimizer.step()
+            ema.update_parameters(model)
+            window["loss"] += loss.item()
+            window["grad_norm"] += float(grad_norm)
+            window["count"] += 1
+            consecutive_bad = 0
+        else:
+            window["skipped"] += 1
+            consecutive_bad += 1
+            log.warning("step %d: non-finite loss %s or gradient norm %s, step skipped", step, loss.item(),
+                        float(grad_norm))
+            if consecutive_bad > settings.max_nonfinite:
+                raise FloatingPointError(
+                    f"flow training diverged: {consecutive_bad} non-finite steps in a row up to step {step} "
+                    "(lower flow.lr or raise flow.grad_clip/warmup_steps)")
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        if step % settings.val_every == 0 or step == settings.iterations:
+            ema.eval()
+            row = {"step": step, "lr": optimizer.param_groups[0]["lr"],
+                   "train_loss": window["loss"] / max(1, window["count"]),
+                   "grad_norm": window["grad_norm"] / max(1, window["count"]), "skipped": window["skipped"],
+                   **validate(ema.module, step), "seconds": time.perf_counter() - start}
+            rows.append(row)
+            log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
+            bar.set_postfix(loss=f"{row['train_loss']:.4g}", val=f"{row['val_loss']:.4g}")
+            window = {"loss": 0.0, "grad_norm": 0.0, "count": 0, "skipped": 0}
+            write_log()
+        if step % settings.checkpoint_every == 0 or (stop_after is not None and step == stop_after):
+            save_checkpoint()
+    bar.close()
+    ema.module.eval()
+    return TrainResult(ema_model=ema.module, model=model, log=pd.DataFrame(rows), step=step)
