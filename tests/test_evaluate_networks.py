@@ -126,7 +126,7 @@ def test_log_probs_of_matches_per_network_forward():
 
 def test_config_check_names_the_field():
     from weightflow.config import ConfigError
-    from weightflow.evaluate.stages import check_evaluation_config
+    from weightflow.config import check_evaluation_config
 
     def exp(optimizer="adam", seed=0, flows=(), steps_flows=None, sgld=None):
         return {"dataset": "iris", "seed": seed, "layer_sizes": [4, 6, 3], "val_fraction": 0.2,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["ConfigError", "check_config", "experiment_params", "DATASET_SHAPES"]
+__all__ = ["ConfigError", "check_config", "check_evaluation_config", "experiment_params", "DATASET_SHAPES"]
 
 # (num_features, num_classes) of each dataset with data.
 DATASET_SHAPES = {
@@ -44,10 +44,35 @@ def check_config(config: dict[str, Any]) -> None:
                 f"{where}.ensemble.burn_in_epochs: {ens['burn_in_epochs']} must be smaller than epochs ({ens['epochs']}), "
                 "or no snapshot is ever taken"
             )
+    if all("evaluation" in exp and "flows" in exp for exp in config["experiments"].values()):
+        check_evaluation_config(config)
 
 
 # Experiment fields every stage sees (the data and the architecture); the sections are handed out per rule.
 BASE_FIELDS = ("dataset", "data_root", "layer_sizes", "seed", "val_fraction", "test_fraction")
+
+
+def check_evaluation_config(config: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the field if ``evaluation.sgld`` or ``evaluation.steps_flows`` of an
+    experiment does not refer to what exists (an experiment with the same data; the experiment's own flows)."""
+    experiments = config["experiments"]
+    for name, exp in experiments.items():
+        section = exp["evaluation"]
+        where = f"experiments.{name}.evaluation"
+        other = section["sgld"]
+        if other is not None:
+            if other not in experiments:
+                raise ConfigError(f"{where}.sgld: no experiment named {other!r}")
+            for key in ("dataset", "seed", "layer_sizes", "val_fraction", "test_fraction"):
+                if experiments[other][key] != exp[key]:
+                    raise ConfigError(f"{where}.sgld: experiment {other!r} has {key} {experiments[other][key]!r}, "
+                                      f"this one {exp[key]!r}; they must match")
+            if experiments[other]["ensemble"]["optimizer"] != "sgld":
+                raise ConfigError(f"{where}.sgld: experiment {other!r} trains with optimizer "
+                                  f"{experiments[other]['ensemble']['optimizer']!r}, not sgld")
+        unknown = sorted(set(section["steps_flows"] or []) - set(exp["flows"]))
+        if unknown:
+            raise ConfigError(f"{where}.steps_flows: {unknown} are not flows of this experiment ({exp['flows']})")
 
 
 def experiment_params(config: dict[str, Any], name: str, sections: tuple[str, ...] | None = None) -> dict[str, Any]:

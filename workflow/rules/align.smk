@@ -1,11 +1,5 @@
 # Permutation alignment of every ensemble network onto each reference, and loss barriers before/after.
 
-
-def alignment_references(experiment):
-    """The experiment's reference names (config alignment.references)."""
-    return config["experiments"][experiment]["alignment"]["references"]
-
-
 rule align:
     input:
         weights="results/{experiment}/ensemble/weights.pt",
@@ -20,7 +14,7 @@ rule align:
     threads: 1  # small batched tensors: a second thread only adds synchronization
     params:
         stage="weightflow.align.references.align_stage",
-        cfg=exp_params,
+        cfg=exp_params("alignment"),
     conda:
         CONDA_ENV
     script:
@@ -42,7 +36,7 @@ rule loss_barriers:
     threads: 1  # small batched tensors: a second thread only adds synchronization
     params:
         stage="weightflow.barriers.barriers_stage",
-        cfg=exp_params,
+        cfg=exp_params("alignment"),
     conda:
         CONDA_ENV
     script:
@@ -70,7 +64,7 @@ rule plot_loss_barriers:
         "results/{experiment}/benchmarks/plot_loss_barriers.tsv"
     params:
         stage="weightflow.plots.barriers.loss_barriers_stage",
-        cfg=exp_params,
+        cfg=exp_params("alignment"),
     conda:
         CONDA_ENV
     script:

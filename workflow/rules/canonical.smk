@@ -19,7 +19,7 @@ rule canonical:
         reference="[A-Za-z0-9_]+",
     params:
         stage="weightflow.canonical.canonical_stage",
-        cfg=exp_params,
+        cfg=exp_params("canonical"),
     conda:
         CONDA_ENV
     script:
@@ -49,7 +49,7 @@ rule plot_canonical_geometry:
         "results/{experiment}/benchmarks/plot_canonical_geometry.tsv"
     params:
         stage="weightflow.plots.canonical.geometry_stage",
-        cfg=exp_params,
+        cfg=exp_params("canonical"),
     conda:
         CONDA_ENV
     script:

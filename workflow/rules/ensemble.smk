@@ -12,7 +12,7 @@ rule train_ensemble:
     threads: 2
     params:
         stage="weightflow.ensemble.train_stage",
-        cfg=exp_params,
+        cfg=exp_params("ensemble"),
     conda:
         CONDA_ENV
     script:
@@ -36,7 +36,7 @@ rule plot_ensemble_training:
         "results/{experiment}/benchmarks/plot_ensemble_training.tsv"
     params:
         stage="weightflow.plots.ensemble.training_stage",
-        cfg=exp_params,
+        cfg=exp_params("ensemble"),
     conda:
         CONDA_ENV
     script:

@@ -22,7 +22,7 @@ rule evaluate_networks:
         source=SOURCE_PATTERN,
     params:
         stage="weightflow.evaluate.stages.evaluate_stage",
-        cfg=exp_params,
+        cfg=exp_params("evaluation", "canonical"),
     conda:
         CONDA_ENV
     script:
@@ -46,7 +46,7 @@ rule samples_table:
         "results/{experiment}/benchmarks/samples_table.tsv"
     params:
         stage="weightflow.evaluate.stages.table_stage",
-        cfg=exp_params,
+        cfg=exp_params("evaluation", "canonical"),
     conda:
         CONDA_ENV
     script:
@@ -70,7 +70,7 @@ rule plot_bma:
         "results/{experiment}/benchmarks/plot_bma.tsv"
     params:
         stage="weightflow.plots.evaluation.bma_stage",
-        cfg=exp_params,
+        cfg=exp_params("evaluation", "canonical"),
     conda:
         CONDA_ENV
     script:
@@ -95,7 +95,7 @@ rule plot_calibration:
         "results/{experiment}/benchmarks/plot_calibration.tsv"
     params:
         stage="weightflow.plots.evaluation.calibration_stage",
-        cfg=exp_params,
+        cfg=exp_params("evaluation", "canonical"),
     conda:
         CONDA_ENV
     script:
@@ -119,7 +119,7 @@ rule plot_diversity:
         "results/{experiment}/benchmarks/plot_diversity.tsv"
     params:
         stage="weightflow.plots.evaluation.diversity_stage",
-        cfg=exp_params,
+        cfg=exp_params("evaluation", "canonical"),
     conda:
         CONDA_ENV
     script:
@@ -140,7 +140,7 @@ rule evaluate_steps:
     threads: 2
     params:
         stage="weightflow.evaluate.stages.steps_stage",
-        cfg=exp_params,
+        cfg=exp_params("evaluation", "canonical"),
     conda:
         CONDA_ENV
     script:
@@ -169,7 +169,7 @@ rule plot_steps:
         "results/{experiment}/benchmarks/plot_steps.tsv"
     params:
         stage="weightflow.plots.evaluation.steps_stage",
-        cfg=exp_params,
+        cfg=exp_params("evaluation", "canonical"),
     conda:
         CONDA_ENV
     script:

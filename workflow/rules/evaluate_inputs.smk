@@ -1,8 +1,5 @@
 # Input functions and source lists of the evaluation rules (workflow/rules/evaluate.smk).
-from weightflow.evaluate.stages import check_evaluation_config
 from weightflow.flow.spec import FLOW_ID_PATTERN
-
-check_evaluation_config(config)
 
 BASELINE_SOURCES = ("ensemble", "deep_ensemble", "sgld")
 # the {source} wildcard: a baseline or a flow id

@@ -1,17 +1,4 @@
 # Flow matching: train every flow of an experiment's `flows` list, then sample it with every configured sampler.
-from weightflow.flow.spec import FLOW_ID_PATTERN, FlowSpec
-
-
-def flow_ids(experiment):
-    """The experiment's flow ids (config flows)."""
-    return config["experiments"][experiment]["flows"]
-
-
-def flow_samplers(experiment):
-    """The experiment's sampler names (config sampling.samplers)."""
-    return list(config["experiments"][experiment]["sampling"]["samplers"])
-
-
 wildcard_constraints:
     flow=FLOW_ID_PATTERN,
     sampler=r"[A-Za-z0-9_]+",
@@ -32,7 +19,7 @@ rule train_flow:
         gpu=1,
     params:
         stage="weightflow.flow.stages.train_stage",
-        cfg=exp_params,
+        cfg=exp_params("ensemble", "flow", "model"),
     conda:
         CONDA_ENV
     script:
@@ -51,7 +38,7 @@ rule sample_flow:
     threads: 1
     params:
         stage="weightflow.flow.stages.sample_stage",
-        cfg=exp_params,
+        cfg=exp_params("sampling"),
     conda:
         CONDA_ENV
     script:
@@ -82,7 +69,7 @@ rule plot_gaussian_sanity:
         "results/{experiment}/benchmarks/plot_gaussian_sanity.tsv"
     params:
         stage="weightflow.plots.gaussian.sanity_stage",
-        cfg=exp_params,
+        cfg=exp_params(),
     conda:
         CONDA_ENV
     script:

@@ -1,23 +1,16 @@
 # Log-likelihoods under every flow (weightflow.likelihood): held-out ensemble snapshots, the flow's own samples,
 # samples of the other flows of the same representation (raw or canonical weights) and prior draws.
-from weightflow.flow.spec import FlowSpec
-from weightflow.likelihood.stage import same_representation
-
-
-def _loglik_samples(experiment, flow):
-    main = config["experiments"][experiment]["sampling"]["main"]
-    return f"results/{experiment}/flows/{flow}/samples/{main}.pt"
-
 
 rule likelihood:
     input:
         model="results/{experiment}/flows/{flow}/model.pt",
         data=lambda wc: FlowSpec.parse(wc.flow).data_path(wc.experiment),
-        samples=lambda wc: _loglik_samples(wc.experiment, wc.flow),
+        samples=lambda wc: loglik_samples(wc.experiment, wc.flow),
         others=lambda wc: [
-            _loglik_samples(wc.experiment, other)
+            loglik_samples(wc.experiment, other)
             for other in config["experiments"][wc.experiment]["flows"]
-            if other != wc.flow and same_representation(other, wc.flow)
+            if other != wc.flow
+            and FlowSpec.parse(other).representation == FlowSpec.parse(wc.flow).representation
         ],
     output:
         csv="results/{experiment}/flows/{flow}/loglik.csv",
@@ -28,7 +21,7 @@ rule likelihood:
     threads: 1
     params:
         stage="weightflow.likelihood.stage.likelihood_stage",
-        cfg=exp_params,
+        cfg=exp_params("likelihood"),
     conda:
         CONDA_ENV
     script:
@@ -57,7 +50,7 @@ rule plot_loglik:
         "results/{experiment}/benchmarks/plot_loglik.tsv"
     params:
         stage="weightflow.plots.loglik.loglik_stage",
-        cfg=exp_params,
+        cfg=exp_params(),
     conda:
         CONDA_ENV
     script:

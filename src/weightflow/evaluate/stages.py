@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from weightflow.config import ConfigError
-from weightflow.data import load_dataset
+from weightflow.data import load_experiment_data
 from weightflow.evaluate.networks import EvaluationSettings, evaluate_networks
 from weightflow.evaluate.ood import ood_inputs
 from weightflow.evaluate.steps import quality_vs_steps
@@ -24,38 +23,14 @@ from weightflow.io import WeightsFile, WeightsFileError, load_weights
 from weightflow.runner import StageJob
 from weightflow.utils import derive_seed, generator, resolve_device
 
-__all__ = ["check_evaluation_config", "load_split", "load_source", "evaluate_stage", "table_stage", "steps_stage"]
+__all__ = ["load_split", "load_source", "evaluate_stage", "table_stage", "steps_stage"]
 
 log = logging.getLogger(__name__)
 
 
-def check_evaluation_config(config: dict[str, Any]) -> None:
-    """Raise :class:`ConfigError` naming the field if ``evaluation.sgld`` or ``evaluation.steps_flows`` of an
-    experiment does not refer to what exists (an experiment with the same data; the experiment's own flows)."""
-    experiments = config["experiments"]
-    for name, exp in experiments.items():
-        section = exp["evaluation"]
-        where = f"experiments.{name}.evaluation"
-        other = section["sgld"]
-        if other is not None:
-            if other not in experiments:
-                raise ConfigError(f"{where}.sgld: no experiment named {other!r}")
-            for key in ("dataset", "seed", "layer_sizes", "val_fraction", "test_fraction"):
-                if experiments[other][key] != exp[key]:
-                    raise ConfigError(f"{where}.sgld: experiment {other!r} has {key} {experiments[other][key]!r}, "
-                                      f"this one {exp[key]!r}; they must match")
-            if experiments[other]["ensemble"]["optimizer"] != "sgld":
-                raise ConfigError(f"{where}.sgld: experiment {other!r} trains with optimizer "
-                                  f"{experiments[other]['ensemble']['optimizer']!r}, not sgld")
-        unknown = sorted(set(section["steps_flows"] or []) - set(exp["flows"]))
-        if unknown:
-            raise ConfigError(f"{where}.steps_flows: {unknown} are not flows of this experiment ({exp['flows']})")
-
-
 def load_split(cfg: dict[str, Any]):
     """``(dataset, x, y)`` of the experiment's dataset and its ``evaluation.split``."""
-    data = load_dataset(cfg["dataset"], seed=cfg["seed"], root=cfg.get("data_root"),
-                        val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"])
+    data = load_experiment_data(cfg)
     x, y = data.split(cfg["evaluation"]["split"])
     return data, x, y
 

@@ -8,11 +8,24 @@
 * :mod:`~weightflow.flow.sampling` — (Riemannian) Euler, torchdiffeq solvers, stochastic sampling, guidance;
 * :mod:`~weightflow.flow.model_file` — :class:`FlowModel`, ``model.pt`` (:func:`save_flow`, :func:`load_flow`);
 * :mod:`~weightflow.flow.stages` — the Snakemake stages.
+
+The package imports its torch-based submodules lazily, so that the workflow's rules files can read flow ids
+(:mod:`~weightflow.flow.spec`) without importing torch: every Snakemake (and SLURM) job parses them.
 """
 
-from weightflow.flow.model_file import FlowModel, load_flow, save_flow
-from weightflow.flow.sampling import sample
+import importlib
+
 from weightflow.flow.spec import FlowSpec
-from weightflow.flow.training import TrainSettings, train_flow
+
+_LAZY = {
+    "FlowModel": "model_file", "load_flow": "model_file", "save_flow": "model_file",
+    "sample": "sampling", "TrainSettings": "training", "train_flow": "training",
+}
 
 __all__ = ["FlowModel", "FlowSpec", "TrainSettings", "load_flow", "sample", "save_flow", "train_flow"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"weightflow.flow.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'weightflow.flow' has no attribute {name!r}")

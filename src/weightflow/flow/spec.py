@@ -42,6 +42,12 @@ class FlowSpec:
     def id(self) -> str:
         return f"{self.geometry}-{self.alignment}-{self.coupling}"
 
+    @property
+    def representation(self) -> str:
+        """``'raw'`` (euclidean flows: raw weights) or ``'canonical'`` (normalized, geometric: canonical weights);
+        flows of one representation model the same kind of networks and can score each other's samples."""
+        return "raw" if self.geometry == "euclidean" else "canonical"
+
     def data_path(self, experiment: str) -> str:
         """The weights file (relative to the workflow root) this flow trains on.
 

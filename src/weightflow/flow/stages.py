@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from weightflow.data import load_dataset
+from weightflow.data import load_experiment_data
 from weightflow.flow.model_file import FlowModel, build_network, load_flow, save_flow
 from weightflow.flow.paths import build_path, last_layer_radius
 from weightflow.flow.sampling import sample
@@ -69,8 +69,7 @@ def sample_accuracy(flow: FlowModel, x: Tensor, y: Tensor, num: int, steps: int,
 
 
 def _load_task(cfg: dict[str, Any]):
-    return load_dataset(cfg["dataset"], seed=cfg["seed"], root=cfg.get("data_root"),
-                        val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"])
+    return load_experiment_data(cfg)
 
 
 def train_stage(job: StageJob) -> None:

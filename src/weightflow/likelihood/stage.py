@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 def same_representation(flow_a: str, flow_b: str) -> bool:
     """Whether two flows model the same kind of networks: raw weights (euclidean flows) or canonical weights
     (normalized and geometric flows), so that samples of one can be scored by the other."""
-    return (FlowSpec.parse(flow_a).geometry == "euclidean") == (FlowSpec.parse(flow_b).geometry == "euclidean")
+    return FlowSpec.parse(flow_a).representation == FlowSpec.parse(flow_b).representation
 
 
 def _subset(n: int, k: int, gen: torch.Generator) -> Tensor:
