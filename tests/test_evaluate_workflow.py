@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from snakemake_runner import REPO, run_snakemake
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from snakemake_runner import REPO, run_snakemake
 
 pytestmark = pytest.mark.slow
 
