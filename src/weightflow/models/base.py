@@ -29,6 +29,8 @@ def check_inputs(x: Tensor, t: Tensor | float, dim: int) -> tuple[Tensor, Tensor
 class GraphVectorField(nn.Module):
     """``model(x [B, D], t [B]) -> [B, D]`` through the neural graph of ``layer_sizes``.
 
+    Subclasses take their processor's options (``depth``, ``heads``, ``dropout``) and hand the encoder's
+    (``time_size``, ``fourier_features``, ``fourier_scale``, ``bf16``) to this constructor.
     Subclasses implement :meth:`process` on node states ``[B, N, d]`` and edge states ``[B, E, d]``.  Nothing
     mixes the networks of a batch, so every output row depends on its own input row only.  With ``bf16`` the
     processor runs under bfloat16 autocast (attention logits and softmax stay float32); the output has ``x``'s dtype.
@@ -41,7 +43,7 @@ class GraphVectorField(nn.Module):
         layer_sizes: Sequence[int] | MLPLayout,
         *,
         width: int,
-        time_size: int,
+        time_size: int = 64,
         fourier_features: int = 0,
         fourier_scale: float = 1.0,
         bf16: bool = False,

@@ -78,16 +78,10 @@ class NGT(GraphVectorField):
         width: int = 64,
         depth: int = 5,
         heads: int = 4,
-        time_size: int = 64,
-        fourier_features: int = 0,
-        fourier_scale: float = 1.0,
         dropout: float = 0.0,
-        bf16: bool = False,
+        **encoder_options,
     ) -> None:
-        super().__init__(
-            layer_sizes, width=width, time_size=time_size, fourier_features=fourier_features,
-            fourier_scale=fourier_scale, bf16=bf16,
-        )
+        super().__init__(layer_sizes, width=width, **encoder_options)
         self.blocks = nn.ModuleList(NGTBlock(width, heads, dropout) for _ in range(depth))
 
     def process(self, nodes: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:

@@ -69,16 +69,10 @@ class PNA(GraphVectorField):
         *,
         width: int = 64,
         depth: int = 5,
-        time_size: int = 64,
-        fourier_features: int = 0,
-        fourier_scale: float = 1.0,
         dropout: float = 0.0,
-        bf16: bool = False,
+        **encoder_options,
     ) -> None:
-        super().__init__(
-            layer_sizes, width=width, time_size=time_size, fourier_features=fourier_features,
-            fourier_scale=fourier_scale, bf16=bf16,
-        )
+        super().__init__(layer_sizes, width=width, **encoder_options)
         histogram = self.graph.degree_histogram()
         self.layers = nn.ModuleList(PNALayer(width, histogram, dropout) for _ in range(depth))
 
