@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import fields
 from typing import Any, Iterable, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["resolve_device", "derive_seed", "generator", "progress", "config_hash"]
+__all__ = ["resolve_device", "derive_seed", "generator", "progress", "config_hash", "from_section"]
 
 T = TypeVar("T")
 
@@ -47,3 +48,12 @@ def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
 def config_hash(cfg: Any) -> str:
     """A short stable hash of a JSON-able config (sorted keys)."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def from_section(cls: type[T], section: dict[str, Any], name: str) -> T:
+    """The settings dataclass ``cls`` from config section ``name``; unknown keys are an error naming them."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**section)

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel
 from weightflow.flow.couplings import couple
 from weightflow.flow.objectives import OBJECTIVES, sample_time
 from weightflow.flow.paths import FlowPath
-from weightflow.utils import progress
+from weightflow.utils import from_section, progress
 
 __all__ = ["TrainSettings", "TrainResult", "train_flow", "lr_factor", "ema_update"]
 
@@ -67,11 +67,7 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "TrainSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"flow: unknown setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**section)
+        return from_section(cls, section, "flow")
 
 
 @dataclass

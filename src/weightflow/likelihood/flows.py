@@ -18,13 +18,14 @@ Densities w.r.t. different measures (``R^D`` vs ``M``) must not be compared; the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from weightflow.likelihood.ode import LogLikResult, log_likelihood
+from weightflow.utils import from_section
 
 __all__ = ["LikelihoodSettings", "flow_log_likelihood", "density_measure"]
 
@@ -49,11 +50,7 @@ class LikelihoodSettings:
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "LikelihoodSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"likelihood: unknown setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**section)
+        return from_section(cls, section, "likelihood")
 
     def solver_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`weightflow.likelihood.log_likelihood` (without the divergence choice)."""
