@@ -91,6 +91,8 @@ def snakemake(workdir: Path, cluster, *extra: str, profile: bool = True) -> subp
             # the local cluster has no accounting database: sacct cannot answer, squeue can (MinJobAge=3600)
             "--slurm-status-command", "squeue",
             "--slurm-init-seconds-before-status-checks", "1",
+            # a local test cluster answers at once: poll every 2 s, not every 10 s (the default, right for real clusters)
+            "--seconds-between-status-checks", "2",
             "--max-threads", str(os.cpu_count() or 1),
         ]  # fmt: skip
     cmd += list(extra)
