@@ -15,8 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from weightflow.models.base import GraphVectorField
-from weightflow.models.ngt import NGTBlock
+from weightflow.models.ngt import NGT
 from weightflow.weights import MLPLayout
 
 __all__ = ["DenseIncidence", "DenseNGT"]
@@ -47,21 +46,12 @@ class DenseIncidence:
         return (alpha.unsqueeze(-1) * v.unflatten(-1, (heads, -1))).sum(2).flatten(-2)
 
 
-class DenseNGT(GraphVectorField):
-    """All-pairs NG-T vector field (same options and blocks as :class:`~weightflow.models.ngt.NGT`)."""
+class DenseNGT(NGT):
+    """All-pairs NG-T vector field: the options and blocks of :class:`~weightflow.models.ngt.NGT`, with every
+    node pair an edge slot (pairs without a weight share one learned ``no_edge`` state)."""
 
-    def __init__(
-        self,
-        layer_sizes: Sequence[int] | MLPLayout,
-        *,
-        width: int = 64,
-        depth: int = 5,
-        heads: int = 4,
-        dropout: float = 0.0,
-        **encoder_options,
-    ) -> None:
-        super().__init__(layer_sizes, width=width, **encoder_options)
-        self.blocks = nn.ModuleList(NGTBlock(width, heads, dropout) for _ in range(depth))
+    def __init__(self, layer_sizes: Sequence[int] | MLPLayout, *, width: int = 64, **options) -> None:
+        super().__init__(layer_sizes, width=width, **options)
         self.no_edge = nn.Parameter(torch.randn(width))
         source, target = self.graph.edge_index
         n = self.graph.num_nodes
