@@ -35,7 +35,7 @@ from torch import Tensor
 
 from weightflow.weights import MLPLayout, as_layout
 
-__all__ = ["WeightsFile", "WeightsFileError", "save_weights", "load_weights", "FORMAT_VERSION"]
+__all__ = ["WeightsFile", "WeightsFileError", "save_weights", "load_weights", "read_payload", "FORMAT_VERSION"]
 
 FORMAT = "weightflow-weights"
 FORMAT_VERSION = 1
@@ -109,6 +109,28 @@ def save_weights(path: str | Path, wf: WeightsFile) -> None:
     torch.save(payload, path)
 
 
+def read_payload(path: Path, fmt: str, version: int, keys: Sequence[str], error: type[Exception],
+                 what: str) -> Mapping:
+    """Load a weightflow file's dict with ``torch.load(weights_only=True)`` and check its header and fields.
+
+    Raises ``error`` naming ``path`` and the field when the file is missing, unreadable, of another ``format``
+    or ``format_version``, or lacks one of ``keys``."""
+    if not path.is_file():
+        raise error(f"{path}: no such {what}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise error(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, Mapping) or payload.get("format") != fmt:
+        raise error(f"{path}: field 'format' is not '{fmt}'")
+    if payload.get("format_version") != version:
+        raise error(f"{path}: field 'format_version' is {payload.get('format_version')!r}, this weightflow reads {version}")
+    for key in keys:
+        if key not in payload:
+            raise error(f"{path}: field '{key}' is missing")
+    return payload
+
+
 def load_weights(path: str | Path, *, layer_sizes: Sequence[int] | None = None) -> WeightsFile:
     """Read a weights file safely (``weights_only=True``) and validate it.
 
@@ -119,21 +141,8 @@ def load_weights(path: str | Path, *, layer_sizes: Sequence[int] | None = None) 
         WeightsFileError: naming ``path`` and the offending field.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsFileError(f"{path}: no such weights file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise WeightsFileError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
-        raise WeightsFileError(f"{path}: field 'format' is not '{FORMAT}'")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise WeightsFileError(
-            f"{path}: field 'format_version' is {payload.get('format_version')!r}, this weightflow reads {FORMAT_VERSION}"
-        )
-    for key in ("weights", "layer_sizes", "columns", "extras", "metadata"):
-        if key not in payload:
-            raise WeightsFileError(f"{path}: field '{key}' is missing")
+    payload = read_payload(path, FORMAT, FORMAT_VERSION, ("weights", "layer_sizes", "columns", "extras", "metadata"),
+                           WeightsFileError, "weights file")
     try:
         wf = WeightsFile(
             weights=payload["weights"],

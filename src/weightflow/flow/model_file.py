@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from weightflow.flow.objectives import OBJECTIVES
 from weightflow.flow.paths import FlowPath, build_path
+from weightflow.io import read_payload
 from weightflow.models import build_model
 from weightflow.weights import MLPLayout
 
@@ -108,19 +109,8 @@ def save_flow(path: str | Path, model: nn.Module, config: dict[str, Any], holdou
 def load_flow(path: str | Path, device: str | torch.device = "cpu") -> FlowModel:
     """Read ``model.pt`` safely (``weights_only=True``) into a :class:`FlowModel` in eval mode on ``device``."""
     path = Path(path)
-    if not path.is_file():
-        raise FlowFileError(f"{path}: no such flow model file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise FlowFileError(f"{path}: not a readable flow model file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise FlowFileError(f"{path}: field 'format' is not '{FORMAT}'")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise FlowFileError(f"{path}: field 'format_version' is {payload.get('format_version')!r}, expected {FORMAT_VERSION}")
-    for key in ("config", "state_dict", "holdout_runs"):
-        if key not in payload:
-            raise FlowFileError(f"{path}: field '{key}' is missing")
+    payload = read_payload(path, FORMAT, FORMAT_VERSION, ("config", "state_dict", "holdout_runs"), FlowFileError,
+                           "flow model file")
     config = json.loads(payload["config"])
     model = build_network(config)
     try:
