@@ -27,6 +27,22 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/likelihood.smk"
 
 
+# Figures and tables only read small CSV/weights files: on a cluster they run on the submitting node instead of
+# as SLURM jobs (each job costs a queue wait plus a Snakemake start-up inside the allocation).
+localrules:
+    all,
+    plot_ensemble_training,
+    plot_canonical_geometry,
+    plot_loss_barriers,
+    plot_gaussian_sanity,
+    samples_table,
+    plot_bma,
+    plot_calibration,
+    plot_diversity,
+    plot_steps,
+    plot_loglik,
+
+
 rule all:
     default_target: True
     input:

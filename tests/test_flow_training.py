@@ -176,6 +176,28 @@ def test_gaussian_sanity():
     assert float((std - 1).abs().max()) < 0.1, (float(std.min()), float(std.max()))
 
 
+def test_bottlenecked_mlp_keeps_the_spread_of_a_tight_target():
+    """A tight target N(0.5, 0.03² I) over D = 802 weights from the prior N(0, 0.32² I) — the scales of an aligned
+    ensemble — through a flat MLP of width 64 ≪ D: the samples keep the target's spread (per-coordinate std
+    within 25 % of 0.03).  Measured: 0.030 with the model's gated input skip, 0.31 (the prior's) with the skip frozen
+    at 0, and 0.0002 — collapse onto the mean — with x1-prediction and t ~ Beta(1, 2)."""
+    layout = MLPLayout((30, 16, 16, 2))
+    data = 0.5 + 0.03 * torch.randn(2000, layout.dim, generator=torch.Generator().manual_seed(0))
+    params = {"prior_std": 0.316, "bias_prior_std": 0.316, "last_radius": math.sqrt(3)}
+    config = {"layer_sizes": list(layout.layer_sizes), "geometry": "euclidean", "path_params": params,
+              "model": {"name": "mlp", "width": 64, "depth": 1, "time_size": 16}, "model_seed": 3,
+              "flow": {"objective": "velocity", "sigma": 0.0}}
+    settings = TrainSettings(objective="velocity", time_distribution="uniform", iterations=1000, batch_size=128,
+                             lr=3e-3, warmup_steps=20, val_samples=0, val_every=1000, ema_decay=0.99)
+    path = build_path("euclidean", layout, params)
+    result = train_flow(path, build_network(config), data, coupling="independent", settings=settings,
+                        seed_generator=partial(generator, 0, "tight"))
+    x = sample(FlowModel(path, result.ema_model, config, []), 500, steps=50, generator=torch.Generator().manual_seed(1))
+    assert abs(float(x.mean()) - 0.5) < 0.01
+    spread = float(x.std(dim=0).mean())
+    assert abs(spread - 0.03) < 0.25 * 0.03, spread
+
+
 def test_holdout_runs_are_a_seeded_fraction_of_the_runs():
     from weightflow.flow.stages import holdout_runs
 

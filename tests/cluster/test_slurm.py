@@ -90,7 +90,9 @@ def snakemake(workdir: Path, cluster, *extra: str, profile: bool = True) -> subp
             "--profile", str(PROFILE),
             # the local cluster has no accounting database: sacct cannot answer, squeue can (MinJobAge=3600)
             "--slurm-status-command", "squeue",
-            "--slurm-init-seconds-before-status-checks", "1",
+            # the plugin polls again after init, init + 10, init + 20 ... seconds while no job finishes: a start of
+            # 4 s catches the ~15 s jobs of the smoke DAG at the second poll (with 1 s they wait for the third, at 33 s)
+            "--slurm-init-seconds-before-status-checks", "4",
             # a local test cluster answers at once: poll every 2 s, not every 10 s (the default, right for real clusters)
             "--seconds-between-status-checks", "2",
             "--max-threads", str(os.cpu_count() or 1),

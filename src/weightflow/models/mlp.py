@@ -16,7 +16,14 @@ __all__ = ["FlatMLP"]
 
 
 class FlatMLP(nn.Module):
-    """``h = W_in x + time(t)``; ``depth`` pre-norm residual blocks ``h ← h + FFN(LN h)``; ``LN → W_out`` → ``[B, D]``."""
+    """``h = W_in x + τ``, ``τ = time(t)``; ``depth`` pre-norm residual blocks ``h ← h + FFN(LN h)``;
+    output ``W_out LN(h) + g(τ) ⊙ x`` → ``[B, D]``.
+
+    The gated skip ``g(τ) ⊙ x`` (``g`` linear, zero at initialization) gives every coordinate its own
+    time-dependent gain on the input.  Without it the trunk (``width`` < ``D``, e.g. 256 < 802) cannot pass
+    ``x`` through: an x1-prediction must approach the identity as ``t → 1`` (and a velocity contains
+    ``−x0``), and a bottlenecked MLP instead collapses every sample onto a few directions around the data mean.
+    """
 
     equivariant = False
 
@@ -38,13 +45,17 @@ class FlatMLP(nn.Module):
         self.blocks = nn.ModuleList(FeedForward(width, 2 * width) for _ in range(depth))
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, self.dim))
+        self.skip = nn.Linear(width, self.dim)
+        nn.init.zeros_(self.skip.weight)
+        nn.init.zeros_(self.skip.bias)
         self.bf16 = bf16
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         x, t = check_inputs(x, t, self.dim)
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            h = self.input(x) + self.time(t)
+            tau = self.time(t)
+            h = self.input(x) + tau
             for norm, block in zip(self.norms, self.blocks):
                 h = h + self.dropout(block(norm(h)))
-            out = self.output(h)
+            out = self.output(h) + self.skip(tau) * x
         return out.to(x.dtype)
