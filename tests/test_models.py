@@ -92,7 +92,7 @@ def test_sparse_attention_matches_a_loop_over_neighbourhoods():
     gen = torch.Generator().manual_seed(0)
     qn, kn, vn = (torch.randn(batch * graph.num_nodes, width, generator=gen) for _ in range(3))
     qe, ke, ve = (torch.randn(batch * graph.num_edges, width, generator=gen) for _ in range(3))
-    out = incidence.attend(torch.cat([qn, kn, vn], 1), torch.cat([qe, ke, ve], 1), heads)
+    out = incidence.attend(torch.cat([qn, kn, vn], 1), (qe, ke, ve), heads)
     source, target = incidence.source_index.tolist(), incidence.target_index.tolist()
     dh = width // heads
     for i in range(batch * graph.num_nodes):

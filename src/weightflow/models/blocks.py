@@ -1,7 +1,7 @@
 """Building blocks shared by the graph vector fields: the batched sparse incidence, feed-forward and edge-update MLPs.
 
 An *incidence* says how node states reach edges: ``source(x)`` / ``target(x)`` give every edge the state of its
-source / target node.  :class:`SparseIncidence` does it for the ``B`` tiled copies of a neural graph (node
+source / target node, ``add_endpoints(e, s, t)`` is ``e + source(s) + target(t)``.  :class:`SparseIncidence` does it for the ``B`` tiled copies of a neural graph (node
 states ``[B*N, k]`` → edge states ``[B*E, k]``); the dense all-pairs baseline has its own
 (:class:`weightflow.models.ngt_dense.DenseIncidence`).
 """
@@ -38,20 +38,25 @@ class SparseIncidence:
     def target(self, x: Tensor) -> Tensor:
         return x.index_select(0, self.target_index)
 
-    def attend(self, node_qkv: Tensor, edge_qkv: Tensor, heads: int) -> Tensor:
+    def add_endpoints(self, edge: Tensor, source: Tensor, target: Tensor) -> Tensor:
+        """``edge + source[source node] + target[target node]``, summed into the fresh gathered tensor in place."""
+        return self.source(source).add_(self.target(target)).add_(edge)
+
+    def attend(self, node_qkv: Tensor, edge_qkv: tuple[Tensor, Tensor, Tensor], heads: int) -> Tensor:
         """Edge-conditioned multi-head attention of every node over its graph neighbours and itself.
 
-        ``node_qkv [B*N, 3d]`` and ``edge_qkv [B*E, 3d]`` hold the node and edge terms of queries, keys and values.
+        ``node_qkv [B*N, 3d]`` holds the node terms of queries, keys and values, ``edge_qkv`` their edge terms
+        ``(q, k, v)``, ``[B*E, d]`` each.
         The message from node ``j`` to node ``i`` over edge ``e`` has query ``qn_i + qe_e``, key ``kn_j + ke_e`` and
         value ``vn_j + ve_e`` (the self-loop has no edge term); per head
         ``out_i = sum_j softmax_j(<q, k> / sqrt(d/heads)) v`` → ``[B*N, d]``.  The two directions of the edges
         are kept apart (no concatenated copies of the ``[B*E, d]`` terms); only the ``[*, heads]`` scores are joined
         for the softmax over each node's neighbourhood.
         """
-        width = edge_qkv.shape[-1] // 3
+        edge_q, edge_k, edge_v = edge_qkv
+        width = edge_q.shape[-1]
         # split (not slicing), so that the backward pass joins the gradients with one cat instead of zero-fills
         node_q, node_k, node_v = node_qkv.split(width, dim=-1)
-        edge_q, edge_k, edge_v = edge_qkv.split(width, dim=-1)
         src, dst = self.source_index, self.target_index
         scale = 1.0 / math.sqrt(width // heads)
 
@@ -61,13 +66,13 @@ class SparseIncidence:
         def weigh(alpha: Tensor, v: Tensor) -> Tensor:  # alpha [M, heads] times the values [M, d]
             return (alpha.unsqueeze(-1) * v.unflatten(-1, (heads, -1))).flatten(-2)
 
-        def gather(x: Tensor, index: Tensor) -> Tensor:
-            return x.index_select(0, index)
+        def gather_add(x: Tensor, index: Tensor, edge: Tensor) -> Tensor:  # x[index] + edge, added in place
+            return x.index_select(0, index).add_(edge)
 
-        q_t, k_t, v_t = edge_q + gather(node_q, dst), edge_k + gather(node_k, src), edge_v + gather(node_v, src)
-        q_s, k_s, v_s = edge_q + gather(node_q, src), edge_k + gather(node_k, dst), edge_v + gather(node_v, dst)
+        q_t, k_t, v_t = gather_add(node_q, dst, edge_q), gather_add(node_k, src, edge_k), gather_add(node_v, src, edge_v)
+        q_s, k_s, v_s = gather_add(node_q, src, edge_q), gather_add(node_k, dst, edge_k), gather_add(node_v, dst, edge_v)
         scores = torch.cat([score(q_t, k_t), score(q_s, k_s), score(node_q, node_k)])
-        alpha = softmax(scores, self.attention_index, num_nodes=self.num_nodes).to(edge_qkv.dtype)
+        alpha = softmax(scores, self.attention_index, num_nodes=self.num_nodes).to(edge_q.dtype)
         a_t, a_s, a_self = alpha.split([len(src), len(src), self.num_nodes])
         return (
             scatter(weigh(a_t, v_t), dst, dim=0, dim_size=self.num_nodes, reduce="sum")
@@ -102,4 +107,4 @@ class EdgeUpdate(nn.Module):
 
     def forward(self, edge_term: Tensor, nodes: Tensor, incidence) -> Tensor:
         source, target = self.node_in(nodes).chunk(2, dim=-1)
-        return self.out(F.silu(edge_term + incidence.source(source) + incidence.target(target)))
+        return self.out(F.silu(incidence.add_endpoints(edge_term, source, target)))

