@@ -1,9 +1,9 @@
 """Building blocks shared by the graph vector fields: the batched sparse incidence, feed-forward and edge-update MLPs.
 
 An *incidence* says how node states reach edges: ``source(x)`` / ``target(x)`` give every edge the state of its
-source / target node, ``add_endpoints(e, s, t)`` is ``e + source(s) + target(t)``.  :class:`SparseIncidence` does it for the ``B`` tiled copies of a neural graph (node
-states ``[B*N, k]`` → edge states ``[B*E, k]``); the dense all-pairs baseline has its own
-(:class:`weightflow.models.ngt_dense.DenseIncidence`).
+source / target node, ``add_endpoints(e, s, t)`` is ``e + source(s) + target(t)``.  :class:`SparseIncidence`
+does it for the ``B`` tiled copies of a neural graph (node states ``[B*N, k]`` → edge states ``[B*E, k]``); the
+dense all-pairs baseline has its own (:class:`weightflow.models.ngt_dense.DenseIncidence`).
 """
 
 from __future__ import annotations

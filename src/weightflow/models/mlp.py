@@ -21,8 +21,10 @@ class FlatMLP(nn.Module):
 
     The gated skip ``g(τ) ⊙ x`` (``g`` linear, zero at initialization) gives every coordinate its own
     time-dependent gain on the input.  Without it the trunk (``width`` < ``D``, e.g. 256 < 802) cannot pass
-    ``x`` through: an x1-prediction must approach the identity as ``t → 1`` (and a velocity contains
-    ``−x0``), and a bottlenecked MLP instead collapses every sample onto a few directions around the data mean.
+    ``x`` through, yet the velocity toward a tight target must cancel each coordinate's prior noise (``u_t``
+    contains ``−x0``; an x1-prediction likewise tends to ``x_t`` as ``t → 1``).  Measured on a target
+    N(0.5, 0.03² I) over D = 802 with a width-64 trunk: samples spread 0.030 with the skip, 0.31 (the prior's)
+    without (tests/test_flow_training.py).
     """
 
     equivariant = False
