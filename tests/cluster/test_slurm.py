@@ -93,7 +93,7 @@ def snakemake(workdir: Path, cluster, *extra: str, profile: bool = True) -> subp
             # the plugin polls again after init, init + 10, init + 20 ... seconds while no job finishes: a start of
             # 4 s catches the ~15 s jobs of the smoke DAG at the second poll (with 1 s they wait for the third, at 33 s)
             "--slurm-init-seconds-before-status-checks", "4",
-            # a local test cluster answers at once: poll every 2 s, not every 10 s (the default, right for real clusters)
+            # Snakemake's own scheduler loop (the slurm plugin times its squeue polls itself, see above)
             "--seconds-between-status-checks", "2",
             "--max-threads", str(os.cpu_count() or 1),
         ]  # fmt: skip
