@@ -25,13 +25,11 @@ from weightflow.io import WeightsFile, WeightsFileError, load_weights, save_weig
 from weightflow.runner import StageJob
 from weightflow.weights import as_layout, cross_entropy, forward, init_weights
 
+from trained_networks import seeded, train_networks
+
 DEEP = [4, 8, 7, 6, 3]  # three hidden layers: permutations act on inputs and outputs of a middle layer
 ACFG = dict(method="weight_matching", objective="l2", max_sweeps=100, tau=1.0, sinkhorn_iterations=20, steps=40,
             lr=0.1, batch_size=32, chunk_size=4096, eval_samples=4096)
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +41,7 @@ def iris():
 def trained(iris):
     """12 iris networks 4-8-8-3 trained from different seeds (full-batch Adam): genuinely different solutions."""
     sizes = [4, 8, 8, 3]
-    theta = init_weights(sizes, 12, init_std=0.5, bias_std=0.1, generator=_gen(0)).requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=0.02)
-    for _ in range(150):
-        opt.zero_grad()
-        cross_entropy(theta, sizes, iris.x_train, iris.y_train).sum().backward()
-        opt.step()
-    return sizes, theta.detach()
+    return sizes, train_networks(sizes, 12, iris, init_std=0.5, bias_std=0.1, lr=0.02, steps=150)
 
 
 def _ensemble_file(flat: torch.Tensor, sizes, snapshots: int = 1) -> WeightsFile:
@@ -63,28 +55,28 @@ def _ensemble_file(flat: torch.Tensor, sizes, snapshots: int = 1) -> WeightsFile
 
 
 def test_permutations_keep_the_function_and_invert(iris):
-    flat = init_weights(DEEP, 5, init_std=1.0, bias_std=0.5, generator=_gen(1))
-    perms = random_permutations(5, DEEP, generator=_gen(2))
+    flat = init_weights(DEEP, 5, init_std=1.0, bias_std=0.5, generator=seeded(1))
+    perms = random_permutations(5, DEEP, generator=seeded(2))
     moved = apply_permutations(flat, DEEP, perms)
     assert not torch.allclose(moved, flat)
     assert (forward(moved, DEEP, iris.x_test) - forward(flat, DEEP, iris.x_test)).abs().max() <= 1e-5
     assert torch.equal(apply_permutations(moved, DEEP, invert_permutations(perms)), flat)
     assert torch.allclose(soft_permute(flat, DEEP, permutation_matrices(perms)), moved, atol=1e-6)
-    second = random_permutations(5, DEEP, generator=_gen(3))
+    second = random_permutations(5, DEEP, generator=seeded(3))
     assert torch.equal(apply_permutations(moved, DEEP, second),
                        apply_permutations(flat, DEEP, compose_permutations(perms, second)))
     assert torch.equal(apply_permutations(flat, DEEP, identity_permutations(5, DEEP)), flat)
 
 
 def test_bad_permutation_shapes_are_rejected():
-    flat = init_weights(DEEP, 2, init_std=1.0, generator=_gen(0))
+    flat = init_weights(DEEP, 2, init_std=1.0, generator=seeded(0))
     with pytest.raises(ValueError, match="hidden layer 1"):
         apply_permutations(flat, DEEP, [torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 6, dtype=torch.long),
                                         torch.zeros(2, 6, dtype=torch.long)])
 
 
 def test_solve_assignments_maximizes_the_score():
-    scores = torch.randn(20, 5, 5, generator=_gen(0))
+    scores = torch.randn(20, 5, 5, generator=seeded(0))
     best = solve_assignments(scores)
     import itertools
     all_perms = torch.tensor(list(itertools.permutations(range(5))))  # [120, 5]
@@ -93,21 +85,21 @@ def test_solve_assignments_maximizes_the_score():
 
 
 def test_weight_matching_recovers_permuted_copies_exactly():
-    flat = init_weights(DEEP, 6, init_std=1.0, bias_std=0.5, generator=_gen(4))
-    perms = random_permutations(6, DEEP, generator=_gen(5))
+    flat = init_weights(DEEP, 6, init_std=1.0, bias_std=0.5, generator=seeded(4))
+    perms = random_permutations(6, DEEP, generator=seeded(5))
     copies = apply_permutations(flat, DEEP, perms)
-    found = weight_matching(flat, copies, DEEP, generator=_gen(6))  # one reference per network
+    found = weight_matching(flat, copies, DEEP, generator=seeded(6))  # one reference per network
     for f, p in zip(found, invert_permutations(perms)):
         assert torch.equal(f, p)
     one_ref = apply_permutations(flat[:1].expand(6, -1), DEEP, perms)
-    found = weight_matching(flat[0], one_ref, DEEP, generator=_gen(6))  # a single reference for all
+    found = weight_matching(flat[0], one_ref, DEEP, generator=seeded(6))  # a single reference for all
     assert torch.equal(apply_permutations(one_ref, DEEP, found), flat[:1].expand(6, -1))
 
 
 def test_weight_matching_is_a_coordinatewise_optimum_and_lowers_l2(trained):
     sizes, theta = trained
     ref, nets = theta[0], theta[1:]
-    perms = weight_matching(ref, nets, sizes, generator=_gen(0))
+    perms = weight_matching(ref, nets, sizes, generator=seeded(0))
     aligned = apply_permutations(nets, sizes, perms)
     assert ((ref - aligned).pow(2).sum(-1) <= (ref - nets).pow(2).sum(-1) + 1e-5).all()
     assert ((ref - aligned).pow(2).sum(-1) < (ref - nets).pow(2).sum(-1) - 1e-3).any()
@@ -120,18 +112,18 @@ def test_weight_matching_is_a_coordinatewise_optimum_and_lowers_l2(trained):
 
 
 def test_log_sinkhorn_is_doubly_stochastic_and_sharpens():
-    scores = torch.randn(4, 6, 6, generator=_gen(0), dtype=torch.float64)
+    scores = torch.randn(4, 6, 6, generator=seeded(0), dtype=torch.float64)
     p = log_sinkhorn(scores, tau=1.0, iterations=200)
     assert torch.allclose(p.sum(-1), torch.ones(4, 6, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(p.sum(-2), torch.ones(4, 6, dtype=torch.float64), atol=1e-6)
-    perms = random_permutations(4, [1, 6, 1], generator=_gen(1))
+    perms = random_permutations(4, [1, 6, 1], generator=seeded(1))
     hard = permutation_matrices(perms, torch.float64)[0]
     assert torch.allclose(log_sinkhorn(hard, tau=0.01, iterations=20), hard, atol=1e-6)
 
 
 def test_sinkhorn_l2_recovers_permuted_copies_from_identity():
-    flat = init_weights(DEEP, 6, init_std=1.0, bias_std=0.5, generator=_gen(7))
-    perms = random_permutations(6, DEEP, generator=_gen(8))
+    flat = init_weights(DEEP, 6, init_std=1.0, bias_std=0.5, generator=seeded(7))
+    perms = random_permutations(6, DEEP, generator=seeded(8))
     copies = apply_permutations(flat, DEEP, perms)
     found = sinkhorn_rebasin(flat, copies, DEEP, objective="l2", tau=1.0, iterations=20, steps=200, lr=0.1)
     for f, p in zip(found, invert_permutations(perms)):
@@ -161,11 +153,11 @@ def test_align_rejects_a_task_objective_for_weight_matching(trained):
 
 
 def test_medoid_is_the_center_of_a_permuted_line():
-    base = init_weights(DEEP, 1, init_std=1.0, bias_std=0.5, generator=_gen(9))
-    direction = init_weights(DEEP, 1, init_std=0.05, generator=_gen(10))
+    base = init_weights(DEEP, 1, init_std=1.0, bias_std=0.5, generator=seeded(9))
+    direction = init_weights(DEEP, 1, init_std=0.05, generator=seeded(10))
     line = base + torch.tensor([[-2.0], [-1.0], [0.0], [1.0], [2.0]]) * direction  # center: index 2
     order = torch.tensor([3, 0, 4, 2, 1])
-    nets = apply_permutations(line[order], DEEP, random_permutations(5, DEEP, generator=_gen(11)))
+    nets = apply_permutations(line[order], DEEP, random_permutations(5, DEEP, generator=seeded(11)))
     assert medoid_index(nets, DEEP) == 3
 
 

@@ -13,14 +13,12 @@ from weightflow.data import load_dataset
 from weightflow.io import WeightsFile, WeightsFileError, load_weights, save_weights
 from weightflow.plots.barriers import loss_barriers_stage
 from weightflow.runner import StageJob
-from weightflow.weights import cross_entropy, forward, init_weights, to_sequential
+from weightflow.weights import cross_entropy, forward, to_sequential
+
+from trained_networks import seeded, train_networks
 
 SIZES = [30, 16, 16, 2]
 BCFG = {"pairs": 15, "grid_points": 5, "splits": ["test", "train"]}
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +29,7 @@ def cancer():
 @pytest.fixture(scope="module")
 def trained(cancer):
     """8 breast-cancer networks 30-16-16-2 trained from different seeds (full-batch Adam)."""
-    theta = init_weights(SIZES, 8, init_std=0.316, generator=_gen(0)).requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=0.01)
-    for _ in range(120):
-        opt.zero_grad()
-        cross_entropy(theta, SIZES, cancer.x_train, cancer.y_train).sum().backward()
-        opt.step()
-    return theta.detach()
+    return train_networks(SIZES, 8, cancer, init_std=0.316, lr=0.01, steps=120)
 
 
 def test_lambda_grid_has_endpoints_and_midpoint():
@@ -66,25 +58,25 @@ def test_barrier_identities(trained, cancer):
     same = loss_barriers(a, a, SIZES, cancer.x_test, cancer.y_test)  # a network with itself: no barrier anywhere
     assert same.barriers.abs().max() <= 1e-5
     # the endpoints' losses do not depend on the permutation, the path does
-    moved = apply_permutations(b, SIZES, random_permutations(4, SIZES, generator=_gen(1)))
+    moved = apply_permutations(b, SIZES, random_permutations(4, SIZES, generator=seeded(1)))
     res_moved = loss_barriers(a, moved, SIZES, cancer.x_test, cancer.y_test)
     assert torch.allclose(res_moved.losses[:, [0, -1]], res.losses[:, [0, -1]], atol=1e-6)
 
 
 def test_sample_pairs_are_distinct_and_across_runs():
     runs = torch.tensor([0, 0, 1, 1, 2, 2])
-    pairs = sample_pairs(runs, 100, generator=_gen(0))
+    pairs = sample_pairs(runs, 100, generator=seeded(0))
     assert pairs.shape == (12, 2)  # 15 unordered pairs, 3 within a run
     assert (runs[pairs[:, 0]] != runs[pairs[:, 1]]).all()
     assert len({tuple(sorted(p)) for p in pairs.tolist()}) == 12
-    assert torch.equal(sample_pairs(runs, 5, generator=_gen(3)), sample_pairs(runs, 5, generator=_gen(3)))
+    assert torch.equal(sample_pairs(runs, 5, generator=seeded(3)), sample_pairs(runs, 5, generator=seeded(3)))
     with pytest.raises(ValueError, match="2 runs"):
         sample_pairs(torch.zeros(3, dtype=torch.long), 4)
 
 
 def test_alignment_lowers_barriers_and_stages_write_csv_and_figure(trained, cancer, tmp_path):
     """Weight matching onto network 0 shrinks the mean midpoint barrier of trained networks on the training split."""
-    perms = weight_matching(trained[0], trained, SIZES, generator=_gen(0))
+    perms = weight_matching(trained[0], trained, SIZES, generator=seeded(0))
     columns = {"run": torch.arange(8), "final": torch.ones(8, dtype=torch.long)}
     unaligned = WeightsFile(trained, SIZES, columns=columns)
     aligned = WeightsFile(apply_permutations(trained, SIZES, perms), SIZES, columns=columns)
