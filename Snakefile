@@ -36,6 +36,7 @@ localrules:
     plot_loss_barriers,
     plot_gaussian_sanity,
     samples_table,
+    samplers_table,
     plot_bma,
     plot_calibration,
     plot_diversity,

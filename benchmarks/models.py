@@ -34,15 +34,20 @@ CASES = {
 MODELS = ["ngt_dense", "ngt", "pna"]  # dense first: the speed-ups refer to it
 
 
-def worker(name: str, case: str, steps: int, threads: int, bf16: bool, compile: bool) -> dict:
-    """Time ``steps`` training steps after one warm-up step; returns the row as a dict."""
+def worker(name: str, case: str, args: argparse.Namespace) -> dict:
+    """Time ``args.steps`` training steps after one warm-up step; returns the row as a dict."""
     from weightflow.models import build_model
+    from weightflow.utils import keep_freed_memory
     from weightflow.weights import init_weights
 
-    torch.set_num_threads(threads)
+    if not args.system_malloc:
+        keep_freed_memory()  # as every workflow stage does (weightflow.runner.run_stage)
+    torch.set_num_threads(args.threads)
     spec = CASES[case]
     sizes, batch = spec["layer_sizes"], spec["batch"]
-    model = build_model(name, sizes, width=spec["width"], depth=spec["depth"], heads=4, seed=0, bf16=bf16, compile=compile)
+    widths = {"key_width": args.key_width, "edge_hidden": args.edge_hidden} if name.startswith("ngt") else {}
+    model = build_model(name, sizes, width=spec["width"], depth=spec["depth"], heads=4, seed=0, bf16=args.bf16,
+                        compile=args.compile, **widths)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     x = init_weights(sizes, batch, init_std=0.3, bias_std=0.1, generator=gen)
@@ -59,7 +64,7 @@ def worker(name: str, case: str, steps: int, threads: int, bf16: bool, compile: 
         return time.perf_counter() - start, time.process_time() - cpu_start
 
     warmup, _ = step()
-    times, cpu_times = zip(*[step() for _ in range(steps if warmup < 10 else min(steps, 2))])
+    times, cpu_times = zip(*[step() for _ in range(args.steps if warmup < 10 else min(args.steps, 2))])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return dict(
         model=name, case=case, params=sum(p.numel() for p in model.parameters()), warmup_s=warmup,
@@ -71,8 +76,11 @@ def worker(name: str, case: str, steps: int, threads: int, bf16: bool, compile: 
 def run_worker(name: str, case: str, args: argparse.Namespace) -> dict:
     """Run :func:`worker` in a child process under the memory and time caps."""
     cmd = [sys.executable, __file__, "--worker", name, case, "--steps", str(args.steps), "--threads", str(args.threads)]
-    cmd += ["--bf16"] * args.bf16 + ["--compile"] * args.compile
-    env = dict(os.environ, OMP_WAIT_POLICY=args.omp_wait_policy)
+    cmd += ["--bf16"] * args.bf16 + ["--compile"] * args.compile + ["--system-malloc"] * args.system_malloc
+    cmd += [f"--{key.replace('_', '-')}={getattr(args, key)}" for key in ("key_width", "edge_hidden") if getattr(args, key)]
+    env = dict(os.environ)
+    if args.omp_wait_policy != "inherit":
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     child, start, peak, reason = psutil.Process(proc.pid), time.monotonic(), 0, None
     while proc.poll() is None:
@@ -118,24 +126,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=MODELS, choices=["ngt", "pna", "ngt_dense", "mlp"])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (median reported)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up step (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     parser.add_argument("--mem-cap-gb", type=float, default=4.0, help="kill a worker whose RSS passes this")
     parser.add_argument("--time-cap-s", type=float, default=120.0, help="kill a worker running longer than this")
     parser.add_argument(
-        "--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE"],
-        help="OpenMP threads of a worker sleep (PASSIVE) or spin (ACTIVE) while waiting; spinning is several "
-        "times slower when the cores are shared with other jobs",
+        "--omp-wait-policy", default="inherit", choices=["inherit", "PASSIVE", "ACTIVE"],
+        help="OpenMP threads of a worker sleep (PASSIVE) or spin (ACTIVE) while waiting; inherit = this shell's "
+        "setting (libgomp's default spins briefly, then sleeps: as fast as ACTIVE here). The workflow's stages "
+        "run PASSIVE, since its jobs share the cores",
     )
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's allocator at its defaults (no weightflow.utils.keep_freed_memory)")
+    parser.add_argument("--key-width", type=int, help="NG-T query/key width (default: the model's, d/2 sparse, d dense)")
+    parser.add_argument("--edge-hidden", type=int, help="NG-T edge-update hidden width (default: the model's)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.steps, args.threads, args.bf16, args.compile)))
+        print(json.dumps(worker(*args.worker, args)))
         return
     load = ", ".join(f"{x:.1f}" for x in psutil.getloadavg())
-    print(f"torch {torch.__version__}, {args.threads} thread(s) per worker (OMP_WAIT_POLICY={args.omp_wait_policy}), "
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset") if args.omp_wait_policy == "inherit" else args.omp_wait_policy
+    allocator = "glibc defaults" if args.system_malloc else "keep_freed_memory"
+    print(f"torch {torch.__version__}, {args.threads} thread(s) per worker (OMP_WAIT_POLICY={policy}, allocator: "
+          f"{allocator}), "
           f"{psutil.cpu_count()} CPUs, load average "
           f"{load}; step s = median wall time, CPU s = median process CPU time of one step; memory = RSS "
           f"(peak ru_maxrss; 'step mem' = peak minus RSS before the first step)")

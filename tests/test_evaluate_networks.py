@@ -10,9 +10,9 @@ from weightflow.data import load_dataset
 from weightflow.ensemble import EnsembleConfig, train_ensemble
 from weightflow.evaluate import metrics
 from weightflow.evaluate.networks import EvaluationSettings, evaluate_networks, log_probs_of
-from weightflow.evaluate.stages import evaluate_stage, table_stage
+from weightflow.evaluate.stages import evaluate_stage, samplers_stage, table_stage
 from weightflow.evaluate.tables import samples_table
-from weightflow.io import save_weights
+from weightflow.io import WeightsFile, save_weights
 from weightflow.plots.evaluation import bma_stage, calibration_stage, diversity_stage
 from weightflow.runner import StageJob
 from weightflow.weights import unflatten
@@ -113,6 +113,34 @@ def test_samples_table_orders_flows_then_baselines():
     assert list(zip(table["flow"], table["alignment"], table["coupling"])) == [
         ("euclidean", "none", "independent"), ("euclidean", "ref0", "ot"), ("geometric", "ref0", "ot"),
         ("Target", "", ""), ("Deep ensemble", "", "")]
+
+
+def test_samplers_table_counts_collapsed_networks(tmp_path):
+    """Two samples files of one flow: trained networks, and the same with one in four replaced by a dead network
+    (hidden layer switched off, output bias for class 0): the dead ones are counted and lower the accuracy."""
+    data, snaps = quick_ensemble("iris", [4, 6, 3], runs=8, epochs=6)
+    nets = snaps.weights[snaps.columns["final"] == 1]
+    dead = nets.clone()
+    for w, b in unflatten(dead[::4], [4, 6, 3]):
+        w.zero_(), b.zero_()
+    unflatten(dead, [4, 6, 3])[-1][1][::4, 0] = 1.0  # dead[::4] is a view: predict class 0 everywhere
+    cfg = {"name": "toy", "dataset": "iris", "seed": 0, "layer_sizes": [4, 6, 3], "device": "cpu",
+           "evaluation": {"split": "test", "diversity_networks": 8}}
+    paths = []
+    for sampler, weights in (("euler", nets), ("broken", dead)):
+        path = tmp_path / f"{sampler}.pt"
+        save_weights(path, WeightsFile(weights, (4, 6, 3), metadata={"flow": "geometric-ref0-ot", "sampler": sampler}))
+        paths.append(str(path))
+    samplers_stage(StageJob(inputs={"samples": paths}, params={"cfg": cfg},
+                            outputs={"csv": tmp_path / "samplers.csv", "tex": tmp_path / "samplers.tex"}))
+    table = pd.read_csv(tmp_path / "samplers.csv").set_index("sampler")
+    assert table.loc["euler", "collapsed"] == 0.0 and table.loc["broken", "collapsed"] == 0.25
+    per_network = metrics.accuracy(log_probs_of(nets, [4, 6, 3], data.x_test), data.y_test)
+    per_network[::4] = (data.y_test == 0).float().mean()  # a dead network is right on the class-0 inputs only
+    assert table.loc["broken", "accuracy"] == pytest.approx(per_network.mean().item(), abs=1e-6)
+    assert table.loc["broken", "accuracy"] < table.loc["euler", "accuracy"]
+    assert (table["flow"] == "geometric").all() and (table["networks"] == 8).all()
+    assert "broken" in (tmp_path / "samplers.tex").read_text()
 
 
 def test_log_probs_of_matches_per_network_forward():

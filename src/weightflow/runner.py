@@ -3,8 +3,9 @@
 A *stage* is a function ``fn(job: StageJob) -> None`` in a weightflow module (e.g.
 ``weightflow.ensemble.train_stage``).  Snakemake rules call the single script ``workflow/scripts/stage.py``,
 which calls :func:`run_stage` with the job's inputs, outputs, params, wildcards, threads and log file.
-:func:`run_stage` sets torch's thread count, routes ``logging``, warnings and progress bars to the log file,
-times the stage, and re-raises errors after logging them.
+:func:`run_stage` sets torch's thread count and the allocator (:func:`weightflow.utils.keep_freed_memory`),
+routes ``logging``, warnings and progress bars to the log file, times the stage, and re-raises errors after
+logging them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from weightflow.utils import keep_freed_memory
 
 __all__ = ["StageJob", "run_stage", "resolve_stage"]
 
@@ -78,8 +81,10 @@ def run_stage(stage: str, job: StageJob, log_file: str | Path | None = None) -> 
     """Run stage ``stage`` on ``job``, logging to ``log_file`` (stderr when None)."""
     fn = resolve_stage(stage)
     torch.set_num_threads(max(1, int(job.threads)))
+    kept = keep_freed_memory()
     with _log_to(log_file):
-        log.info("stage %s: wildcards=%s threads=%d", stage, job.wildcards, job.threads)
+        log.info("stage %s: wildcards=%s threads=%d, allocator keeps freed memory: %s", stage, job.wildcards,
+                 job.threads, kept)
         start = time.perf_counter()
         try:
             fn(job)

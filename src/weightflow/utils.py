@@ -1,7 +1,9 @@
-"""Small shared helpers: devices, seeds, progress bars, hashing."""
+"""Small shared helpers: devices, seeds, progress bars, hashing, the heap allocator."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -11,7 +13,7 @@ from typing import Any, Iterable, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["resolve_device", "derive_seed", "generator", "progress", "config_hash", "from_section"]
+__all__ = ["resolve_device", "derive_seed", "generator", "progress", "config_hash", "from_section", "keep_freed_memory"]
 
 T = TypeVar("T")
 
@@ -57,3 +59,27 @@ def from_section(cls: type[T], section: dict[str, Any], name: str) -> T:
     if unknown:
         raise ValueError(f"{name}: unknown setting(s) {unknown}; known: {sorted(known)}")
     return cls(**section)
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's allocator keep freed CPU tensor memory for reuse instead of handing it back to the OS.
+
+    By default, blocks above the mmap threshold are mapped fresh on every allocation and the heap top is trimmed on
+    free, so a training step pays page faults (and the kernel's zeroing) for each of its multi-MB activation
+    tensors.  Here blocks up to 32 MiB come from the heap (``M_MMAP_THRESHOLD``), the heap is only trimmed above
+    1 GiB of free memory (``M_TRIM_THRESHOLD``) and grows 64 MiB at a time (``M_TOP_PAD``).  The process then keeps
+    its peak heap size until it exits.  Measured on the NG-T step of ``benchmarks/models.py`` case (a), 2 CPU
+    threads: 0.37 → 0.34 s.  Returns False (and changes nothing) where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    settings = ((_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 2**30), (_M_TOP_PAD, 64 * 2**20))
+    return all(mallopt(param, value) == 1 for param, value in settings)

@@ -1,5 +1,6 @@
 # Evaluation: metrics, BMA curves, calibration, diversity of every source of networks; the samples table and
-# the figures bma, calibration, diversity, steps (one rule each, so each regenerates alone).
+# the figures bma, calibration, diversity, steps (one rule each, so each regenerates alone); the samplers table
+# (every flow's samples from every sampler).
 # Sources: ensemble (snapshots: the flows' target), deep_ensemble (final weights per run), sgld (the ensemble of
 # the experiment named in evaluation.sgld) and every flow id (its samples from sampling.main).
 
@@ -47,6 +48,35 @@ rule samples_table:
     params:
         stage="weightflow.evaluate.stages.table_stage",
         cfg=exp_params("evaluation", "canonical"),
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/stage.py"
+
+
+rule samplers_table:
+    input:
+        samples=lambda wc: expand(
+            "results/{experiment}/flows/{flow}/samples/{sampler}.pt",
+            experiment=wc.experiment,
+            flow=flow_ids(wc.experiment),
+            sampler=flow_samplers(wc.experiment),
+        ),
+    output:
+        csv=report(
+            "results/{experiment}/tables/samplers.csv",
+            caption="../report/samplers_table.rst",
+            category="{experiment}",
+            subcategory="Tables",
+        ),
+        tex="results/{experiment}/tables/samplers.tex",
+    log:
+        "results/{experiment}/logs/samplers_table.log",
+    benchmark:
+        "results/{experiment}/benchmarks/samplers_table.tsv"
+    params:
+        stage="weightflow.evaluate.stages.samplers_stage",
+        cfg=exp_params("evaluation"),
     conda:
         CONDA_ENV
     script:
@@ -184,5 +214,7 @@ for _e in evaluated_experiments():
             target=["tables/samples.csv", "figures/bma.pdf", "figures/calibration.pdf", "figures/diversity.pdf"],
         )
     )
+    if flow_ids(_e):
+        ALL_TARGETS.append(f"results/{_e}/tables/samplers.csv")
     if steps_flows(_e):
         ALL_TARGETS.append(f"results/{_e}/figures/steps.pdf")

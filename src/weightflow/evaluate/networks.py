@@ -27,6 +27,7 @@ from weightflow.evaluate.bma import bma_curve, random_subsets
 from weightflow.evaluate.diversity import diversity
 from weightflow.evaluate.metrics import (
     Reliability,
+    accuracy,
     bma_log_probs,
     entropy,
     log_probs_from_logits,
@@ -37,7 +38,7 @@ from weightflow.evaluate.metrics import (
 from weightflow.evaluate.ood import auroc
 from weightflow.weights import MLPLayout, as_layout, forward
 
-__all__ = ["EvaluationSettings", "Evaluation", "log_probs_of", "evaluate_networks"]
+__all__ = ["EvaluationSettings", "Evaluation", "log_probs_of", "evaluate_networks", "sampler_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +155,31 @@ def evaluate_networks(
              summary["accuracy_mean"], summary["accuracy_std"], summary["nll_mean"], top, summary["bma_accuracy"],
              summary["bma_nll"], summary["diversity_js"])
     return Evaluation(networks=networks, bma=curve, reliability=rel, summary=summary)
+
+
+def sampler_summary(
+    weights: Tensor, layer_sizes: Sequence[int] | MLPLayout, x: Tensor, y: Tensor, *, diversity_networks: int,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Quality of one sampler's networks ``weights [M, D]`` on ``(x [N, n0], y [N])``, for comparing samplers.
+
+    ``accuracy``/``nll`` mean and std over networks; ``collapsed``: the fraction of networks that predict one
+    class for every input (dead ReLU networks, e.g. samples between two permutation modes of an unaligned
+    ensemble); ``disagreement``: mean pairwise disagreement of a seeded subset of ``diversity_networks``.
+    """
+    y = y.to(weights.device)
+    lp = log_probs_of(weights, layer_sizes, x)
+    acc, loss = accuracy(lp, y).double(), nll(lp, y).double()
+    pred = lp.argmax(-1)
+    collapsed = (pred == pred[:, :1]).all(-1).double().mean().item()
+    num = weights.shape[0]
+    subset = random_subsets(num, min(num, diversity_networks), 1, generator=generator)[0].to(weights.device)
+    return {
+        "networks": num,
+        "accuracy": acc.mean().item(),
+        "accuracy_std": acc.std(unbiased=False).item(),
+        "nll": loss.mean().item(),
+        "nll_std": loss.std(unbiased=False).item(),
+        "collapsed": collapsed,
+        "disagreement": diversity(lp[subset])["disagreement"],
+    }

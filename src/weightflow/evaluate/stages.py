@@ -1,4 +1,4 @@
-"""Snakemake stages of the evaluation: score one source of networks, build the samples table.
+"""Snakemake stages of the evaluation: score one source of networks, build the samples and samplers tables.
 
 Sources (the ``{source}`` wildcard): ``ensemble`` (all snapshots: the flows' target), ``deep_ensemble`` (the final
 weights of every run), ``sgld`` (the snapshots of the experiment named in ``evaluation.sgld``) and every flow id
@@ -14,16 +14,22 @@ from typing import Any
 import torch
 
 from weightflow.data import load_experiment_data
-from weightflow.evaluate.networks import EvaluationSettings, evaluate_networks
+from weightflow.evaluate.networks import EvaluationSettings, evaluate_networks, sampler_summary
 from weightflow.evaluate.ood import ood_inputs
 from weightflow.evaluate.steps import quality_vs_steps
 from weightflow.flow.model_file import load_flow
-from weightflow.evaluate.tables import samples_table, source_label, write_table
+from weightflow.evaluate.tables import (
+    samplers_table,
+    samples_table,
+    source_label,
+    write_samplers_table,
+    write_table,
+)
 from weightflow.io import WeightsFile, WeightsFileError, load_weights
 from weightflow.runner import StageJob
 from weightflow.utils import derive_seed, generator, resolve_device
 
-__all__ = ["load_split", "load_source", "evaluate_stage", "table_stage", "steps_stage"]
+__all__ = ["load_split", "load_source", "evaluate_stage", "table_stage", "samplers_stage", "steps_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +102,33 @@ def table_stage(job: StageJob) -> None:
         label=f"tab:{cfg['name']}-samples",
     )
     log.info("samples table of %s:\n%s", cfg["name"], table.to_string(index=False))
+
+
+def samplers_stage(job: StageJob) -> None:
+    """``results/{e}/tables/samplers.csv`` and ``.tex``: every flow's samples from every sampler, scored on the
+    evaluation split (:func:`weightflow.evaluate.networks.sampler_summary`)."""
+    cfg = job.params["cfg"]
+    _, x, y = load_split(cfg)
+    device = resolve_device(cfg["device"])
+    rows = []
+    for path in job.inputs["samples"]:
+        wf = load_weights(path, layer_sizes=cfg["layer_sizes"])
+        flow, sampler = wf.metadata.get("flow"), wf.metadata.get("sampler")
+        if flow is None or sampler is None:
+            raise WeightsFileError(f"{path}: metadata has no 'flow' and 'sampler' (not a samples file of sample_flow)")
+        rows.append({"source": flow, "sampler": sampler, **sampler_summary(
+            wf.weights.to(device), wf.layer_sizes, x, y, diversity_networks=cfg["evaluation"]["diversity_networks"],
+            generator=generator(cfg["seed"], "evaluation", "samplers", flow, sampler))})
+    table = samplers_table(rows)
+    split = cfg["evaluation"]["split"]
+    write_samplers_table(
+        table, job.output_path("csv"), job.output_path("tex"),
+        caption=(f"Samplers of every flow on {cfg['name'].replace('_', ' ')} ({split} split): mean $\\pm$ std over "
+                 "networks of accuracy and NLL, the fraction of collapsed networks (one class for every input) and "
+                 "the mean pairwise disagreement."),
+        label=f"tab:{cfg['name']}-samplers",
+    )
+    log.info("samplers table of %s:\n%s", cfg["name"], table.to_string(index=False))
 
 
 def steps_stage(job: StageJob) -> None:

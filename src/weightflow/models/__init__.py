@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 MODELS = {"ngt": NGT, "ngt_dense": DenseNGT, "pna": PNA, "mlp": FlatMLP}
 # Options each model takes (the config section holds all of them; a model ignores the others).
 _OPTIONS = {
-    "ngt": ("width", "depth", "heads", "time_size", "fourier_features", "fourier_scale", "dropout", "bf16"),
+    "ngt": ("width", "depth", "heads", "key_width", "edge_hidden", "time_size", "fourier_features", "fourier_scale",
+            "dropout", "bf16"),
     "pna": ("width", "depth", "time_size", "fourier_features", "fourier_scale", "dropout", "bf16"),
     "mlp": ("width", "depth", "time_size", "dropout", "bf16"),
 }
@@ -50,8 +51,8 @@ def build_model(
         seed: when given, the parameters (and random-Fourier frequencies) are drawn from a stream derived from
             it (:func:`weightflow.utils.derive_seed` ``(seed, "model", name)``), leaving the global RNG untouched.
         compile: wrap ``forward`` in ``torch.compile`` (meant for CUDA; state-dict keys are unchanged).
-        **options: the ``model`` config section's fields — ``width, depth, heads, time_size, fourier_features,
-            fourier_scale, dropout, bf16`` (each model uses those it has).
+        **options: the ``model`` config section's fields — ``width, depth, heads, key_width, edge_hidden,
+            time_size, fourier_features, fourier_scale, dropout, bf16`` (each model uses those it has).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")

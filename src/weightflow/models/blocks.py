@@ -45,20 +45,20 @@ class SparseIncidence:
     def attend(self, node_qkv: Tensor, edge_qkv: tuple[Tensor, Tensor, Tensor], heads: int) -> Tensor:
         """Edge-conditioned multi-head attention of every node over its graph neighbours and itself.
 
-        ``node_qkv [B*N, 3d]`` holds the node terms of queries, keys and values, ``edge_qkv`` their edge terms
-        ``(q, k, v)``, ``[B*E, d]`` each.
+        ``node_qkv [B*N, 2k + d]`` holds the node terms of queries, keys (width ``k``) and values (width ``d``),
+        ``edge_qkv`` their edge terms ``(q, k, v)``: ``[B*E, k]``, ``[B*E, k]``, ``[B*E, d]``.
         The message from node ``j`` to node ``i`` over edge ``e`` has query ``qn_i + qe_e``, key ``kn_j + ke_e`` and
         value ``vn_j + ve_e`` (the self-loop has no edge term); per head
-        ``out_i = sum_j softmax_j(<q, k> / sqrt(d/heads)) v`` → ``[B*N, d]``.  The two directions of the edges
+        ``out_i = sum_j softmax_j(<q, k> / sqrt(k/heads)) v`` → ``[B*N, d]``.  The two directions of the edges
         are kept apart (no concatenated copies of the ``[B*E, d]`` terms); only the ``[*, heads]`` scores are joined
         for the softmax over each node's neighbourhood.
         """
         edge_q, edge_k, edge_v = edge_qkv
-        width = edge_q.shape[-1]
+        key_width = edge_q.shape[-1]
         # split (not slicing), so that the backward pass joins the gradients with one cat instead of zero-fills
-        node_q, node_k, node_v = node_qkv.split(width, dim=-1)
+        node_q, node_k, node_v = node_qkv.split([key_width, key_width, edge_v.shape[-1]], dim=-1)
         src, dst = self.source_index, self.target_index
-        scale = 1.0 / math.sqrt(width // heads)
+        scale = 1.0 / math.sqrt(key_width // heads)
 
         def score(q: Tensor, k: Tensor) -> Tensor:  # [M, heads], float32
             return (q * k).unflatten(-1, (heads, -1)).sum(-1).float() * scale

@@ -27,16 +27,17 @@ __all__ = ["RelationalAttention", "NGTBlock", "NGT"]
 class RelationalAttention(nn.Module):
     """Edge-conditioned multi-head attention: node projections, the incidence's attention, output map.
 
-    The edge terms ``(edge_q, edge_k, edge_v)``, each ``[*, d]``, of queries, keys and values come from the block's
-    edge projection.
+    Queries and keys have width ``key_width`` (their dot products are all the attention needs of them), values
+    width ``d``.  The edge terms ``(edge_q, edge_k, edge_v)`` — ``[*, key_width]``, ``[*, key_width]``, ``[*, d]`` —
+    come from the block's edge projection.
     """
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, key_width: int) -> None:
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} must be divisible by heads {heads}")
+        if width % heads or key_width % heads:
+            raise ValueError(f"width {width} and key_width {key_width} must be divisible by heads {heads}")
         self.heads = heads
-        self.node_qkv = nn.Linear(width, 3 * width)
+        self.node_qkv = nn.Linear(width, 2 * key_width + width)
         self.out = nn.Linear(width, width)
 
     def forward(self, nodes: Tensor, edge_qkv: tuple[Tensor, Tensor, Tensor], incidence) -> Tensor:
@@ -46,27 +47,29 @@ class RelationalAttention(nn.Module):
 class NGTBlock(nn.Module):
     """One relational-transformer block (node attention, node FFN, edge update), any incidence.
 
-    One weight ``edge_proj`` (``[4d, d]``) maps the normalized edge state to the attention's edge terms (query, key,
-    value) and the edge update's edge term, ``[*, d]`` each.  The four maps are applied separately: splitting one
-    ``[*, 4d]`` output would make the backward pass join the four gradients into a fresh copy of that whole
-    edge tensor (measured: 20 % slower for this projection on 2 CPU cores).
+    One weight ``edge_proj`` (``[2k + d + h, d]``) maps the normalized edge state to the attention's edge terms
+    (query and key ``[*, k]``, value ``[*, d]``) and the edge update's edge term (``[*, h]``), with
+    ``k = key_width`` and ``h = edge_hidden``.  The four maps are applied separately: splitting one concatenated
+    output would make the backward pass join the four gradients into a fresh copy of that whole edge tensor
+    (measured: 20 % slower for this projection on 2 CPU cores).
     """
 
-    def __init__(self, width: int, heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, width: int, heads: int, dropout: float = 0.0, *, key_width: int, edge_hidden: int) -> None:
         super().__init__()
+        self.edge_sizes = [key_width, key_width, width, edge_hidden]
         self.node_norm = nn.LayerNorm(width)
         self.edge_norm = nn.LayerNorm(width)
-        self.edge_proj = nn.Linear(width, 4 * width)
-        self.attention = RelationalAttention(width, heads)
+        self.edge_proj = nn.Linear(width, sum(self.edge_sizes))
+        self.attention = RelationalAttention(width, heads, key_width)
         self.ffn_norm = nn.LayerNorm(width)
         self.ffn = FeedForward(width, 2 * width)
         self.update_norm = nn.LayerNorm(width)
-        self.edge_update = EdgeUpdate(width, width)
+        self.edge_update = EdgeUpdate(width, edge_hidden)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, nodes: Tensor, edges: Tensor, incidence) -> tuple[Tensor, Tensor]:
-        normed, width = self.edge_norm(edges), nodes.shape[-1]
-        maps = zip(self.edge_proj.weight.split(width), self.edge_proj.bias.split(width))
+        normed = self.edge_norm(edges)
+        maps = zip(self.edge_proj.weight.split(self.edge_sizes), self.edge_proj.bias.split(self.edge_sizes))
         edge_q, edge_k, edge_v, edge_term = (F.linear(normed, weight, bias) for weight, bias in maps)
         nodes = nodes + self.dropout(self.attention(self.node_norm(nodes), (edge_q, edge_k, edge_v), incidence))
         nodes = nodes + self.dropout(self.ffn(self.ffn_norm(nodes)))
@@ -75,7 +78,12 @@ class NGTBlock(nn.Module):
 
 
 class NGT(GraphVectorField):
-    """Sparse NG-T vector field: ``depth`` :class:`NGTBlock` s over the ``B`` tiled graphs of a batch."""
+    """Sparse NG-T vector field: ``depth`` :class:`NGTBlock` s over the ``B`` tiled graphs of a batch.
+
+    ``key_width`` (query/key width) and ``edge_hidden`` (hidden width of the edge-update MLP) default to ``d/2``:
+    they size the per-edge work, which dominates the cost (E ≫ N).  Measured on case (a) of
+    ``benchmarks/models.py`` (2 CPU threads): d/2 for both takes the step from 0.46 s to 0.3x s against ``d``.
+    """
 
     def __init__(
         self,
@@ -84,11 +92,17 @@ class NGT(GraphVectorField):
         width: int = 64,
         depth: int = 5,
         heads: int = 4,
+        key_width: int | None = None,
+        edge_hidden: int | None = None,
         dropout: float = 0.0,
         **encoder_options,
     ) -> None:
         super().__init__(layer_sizes, width=width, **encoder_options)
-        self.blocks = nn.ModuleList(NGTBlock(width, heads, dropout) for _ in range(depth))
+        half = width // 2 if (width // 2) % heads == 0 else width  # d/2 unless heads does not divide it
+        key_width, edge_hidden = key_width or half, edge_hidden or width // 2
+        self.blocks = nn.ModuleList(
+            NGTBlock(width, heads, dropout, key_width=key_width, edge_hidden=edge_hidden) for _ in range(depth)
+        )
 
     def process(self, nodes: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:
         batch, width = nodes.shape[0], nodes.shape[-1]

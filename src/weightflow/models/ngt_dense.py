@@ -39,9 +39,10 @@ class DenseIncidence:
     @staticmethod
     def attend(node_qkv: Tensor, edge_qkv: tuple[Tensor, Tensor, Tensor], heads: int) -> Tensor:
         """Node ``i`` attends to every node ``j`` with query ``qn_i + qe_ij``, key ``kn_j + ke_ij``, value ``vn_j + ve_ij``
-        (node terms ``[B, N, 3d]``, pair terms ``(qe, ke, ve)``, ``[B, N, N, d]`` each) → ``[B, N, d]``."""
-        qn, kn, vn = node_qkv.chunk(3, dim=-1)
+        (node terms ``[B, N, 2k + d]``; pair terms ``(qe, ke, ve)``: ``[B, N, N, k]`` twice, ``[B, N, N, d]``)
+        → ``[B, N, d]``."""
         qe, ke, ve = edge_qkv
+        qn, kn, vn = node_qkv.split([qe.shape[-1], ke.shape[-1], ve.shape[-1]], dim=-1)
         q = qn.unsqueeze(2) + qe
         k = kn.unsqueeze(1) + ke
         v = vn.unsqueeze(1) + ve
@@ -52,10 +53,23 @@ class DenseIncidence:
 
 class DenseNGT(NGT):
     """All-pairs NG-T vector field: the options and blocks of :class:`~weightflow.models.ngt.NGT`, with every
-    node pair an edge slot (pairs without a weight share one learned ``no_edge`` state)."""
+    node pair an edge slot (pairs without a weight share one learned ``no_edge`` state).
 
-    def __init__(self, layer_sizes: Sequence[int] | MLPLayout, *, width: int = 64, **options) -> None:
-        super().__init__(layer_sizes, width=width, **options)
+    Queries, keys and the edge-update MLP default to the full width ``d``, as in the public implementation this
+    variant stands in for (the sparse model defaults to ``d/2``; pass ``key_width``/``edge_hidden`` to compare
+    at equal widths)."""
+
+    def __init__(
+        self,
+        layer_sizes: Sequence[int] | MLPLayout,
+        *,
+        width: int = 64,
+        key_width: int | None = None,
+        edge_hidden: int | None = None,
+        **options,
+    ) -> None:
+        super().__init__(layer_sizes, width=width, key_width=key_width or width, edge_hidden=edge_hidden or width,
+                         **options)
         self.no_edge = nn.Parameter(torch.randn(width))
         source, target = self.graph.edge_index
         n = self.graph.num_nodes
