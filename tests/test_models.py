@@ -85,16 +85,17 @@ def test_every_parameter_gets_a_gradient(name):
 
 
 def test_sparse_attention_matches_a_loop_over_neighbourhoods():
-    """Each node's attention runs over exactly its in-edges, out-edges and itself, with edge-conditioned q/k/v."""
+    """Each node's attention runs over exactly its in-edges, out-edges and itself, with edge-conditioned q/k/v
+    (queries and keys narrower than values)."""
     graph = NeuralGraph([3, 4, 2])
-    batch, heads, width = 2, 2, 6
+    batch, heads, key_width, width = 2, 2, 4, 6
     incidence = SparseIncidence(graph.tiled_edge_index(batch), batch * graph.num_nodes)
     gen = torch.Generator().manual_seed(0)
-    qn, kn, vn = (torch.randn(batch * graph.num_nodes, width, generator=gen) for _ in range(3))
-    qe, ke, ve = (torch.randn(batch * graph.num_edges, width, generator=gen) for _ in range(3))
+    qn, kn, vn = (torch.randn(batch * graph.num_nodes, w, generator=gen) for w in (key_width, key_width, width))
+    qe, ke, ve = (torch.randn(batch * graph.num_edges, w, generator=gen) for w in (key_width, key_width, width))
     out = incidence.attend(torch.cat([qn, kn, vn], 1), (qe, ke, ve), heads)
     source, target = incidence.source_index.tolist(), incidence.target_index.tolist()
-    dh = width // heads
+    dk, dh = key_width // heads, width // heads
     for i in range(batch * graph.num_nodes):
         q = [qn[i]] + [qn[i] + qe[e] for e in range(len(source)) if target[e] == i or source[e] == i]
         k = [kn[i]] + [kn[source[e] if target[e] == i else target[e]] + ke[e] for e in range(len(source)) if i in (source[e], target[e])]
@@ -103,10 +104,26 @@ def test_sparse_attention_matches_a_loop_over_neighbourhoods():
         assert len(q) == 1 + graph.degree[i % graph.num_nodes]
         expected = []
         for h in range(heads):
-            cols = slice(h * dh, (h + 1) * dh)
-            alpha = torch.softmax((q[:, cols] * k[:, cols]).sum(-1) / math.sqrt(dh), dim=0)
-            expected.append(alpha @ v[:, cols])
+            keys = slice(h * dk, (h + 1) * dk)
+            alpha = torch.softmax((q[:, keys] * k[:, keys]).sum(-1) / math.sqrt(dk), dim=0)
+            expected.append(alpha @ v[:, h * dh:(h + 1) * dh])
         torch.testing.assert_close(out[i], torch.cat(expected))
+
+
+@pytest.mark.parametrize("name", ["ngt", "ngt_dense"])
+def test_ngt_query_key_and_edge_update_widths(name):
+    """Defaults: d/2 for the sparse model, d for the dense baseline; explicit widths keep equivariance."""
+    sizes = [4, 5, 6, 7, 3]
+    default = build_model(name, sizes, seed=0, **SMALL).blocks[0]
+    full = 16 if name == "ngt_dense" else 8
+    assert default.edge_sizes == [full, full, 16, full]
+    model = build_model(name, sizes, seed=0, **dict(SMALL, key_width=4, edge_hidden=12))
+    assert model.blocks[0].edge_sizes == [4, 4, 16, 12] and model.blocks[0].edge_update.out.in_features == 12
+    x, t = weights(sizes, 2), times(2)
+    perms = random_permutations(2, sizes, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        diff = model(apply_permutations(x, sizes, perms), t) - apply_permutations(model(x, t), sizes, perms)
+    assert diff.abs().max() <= 1e-5
 
 
 def test_seed_makes_the_initialization_reproducible():

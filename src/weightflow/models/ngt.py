@@ -82,7 +82,8 @@ class NGT(GraphVectorField):
 
     ``key_width`` (query/key width) and ``edge_hidden`` (hidden width of the edge-update MLP) default to ``d/2``:
     they size the per-edge work, which dominates the cost (E ≫ N).  Measured on case (a) of
-    ``benchmarks/models.py`` (2 CPU threads, glibc allocator defaults): 0.46 s per step with ``d`` for both, 0.37 s with ``d/2``.
+    ``benchmarks/models.py`` (2 CPU threads, glibc allocator defaults): 0.46 s per step with ``d`` for both,
+    0.37 s with ``d/2``.
     """
 
     def __init__(
