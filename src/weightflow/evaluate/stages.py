@@ -88,20 +88,23 @@ def evaluate_stage(job: StageJob) -> None:
     job.output_path("summary").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
+def _write_tables(job: StageJob, kind: str, table, write, title: str, columns: str) -> None:
+    """Write ``table`` with ``write`` to the job's ``csv`` and ``tex`` outputs, captioned
+    ``"{title} on {experiment} ({split} split): mean ± std over networks of {columns}"`` and labelled
+    ``tab:{experiment}-{kind}``; log it."""
+    cfg = job.params["cfg"]
+    caption = (f"{title} on {cfg['name'].replace('_', ' ')} ({cfg['evaluation']['split']} split): mean $\\pm$ std "
+               f"over networks of {columns}")
+    write(table, job.output_path("csv"), job.output_path("tex"), caption=caption, label=f"tab:{cfg['name']}-{kind}")
+    log.info("%s table of %s:\n%s", kind, cfg["name"], table.to_string(index=False))
+
+
 def table_stage(job: StageJob) -> None:
     """``results/{e}/tables/samples.csv`` and ``.tex`` from every source's ``summary.json``."""
-    cfg = job.params["cfg"]
     summaries = [json.loads(open(path).read()) for path in job.inputs["summaries"]]
-    table = samples_table(summaries)
-    split = cfg["evaluation"]["split"]
-    write_table(
-        table, job.output_path("csv"), job.output_path("tex"),
-        caption=(f"Sampled networks on {cfg['name'].replace('_', ' ')} ({split} split): mean $\\pm$ std over "
-                 "networks of accuracy and NLL (as sampled, and on the canonical last-layer scale), mean ECE, "
-                 "mean pairwise JS divergence and disagreement, and the BMA of $n$ networks."),
-        label=f"tab:{cfg['name']}-samples",
-    )
-    log.info("samples table of %s:\n%s", cfg["name"], table.to_string(index=False))
+    _write_tables(job, "samples", samples_table(summaries), write_table, "Sampled networks", (
+        "accuracy and NLL (as sampled, and on the canonical last-layer scale), mean ECE, mean pairwise JS "
+        "divergence and disagreement, and the BMA of $n$ networks."))
 
 
 def samplers_stage(job: StageJob) -> None:
@@ -119,16 +122,9 @@ def samplers_stage(job: StageJob) -> None:
         rows.append({"source": flow, "sampler": sampler, **sampler_summary(
             wf.weights.to(device), wf.layer_sizes, x, y, diversity_networks=cfg["evaluation"]["diversity_networks"],
             generator=generator(cfg["seed"], "evaluation", "samplers", flow, sampler))})
-    table = samplers_table(rows)
-    split = cfg["evaluation"]["split"]
-    write_samplers_table(
-        table, job.output_path("csv"), job.output_path("tex"),
-        caption=(f"Samplers of every flow on {cfg['name'].replace('_', ' ')} ({split} split): mean $\\pm$ std over "
-                 "networks of accuracy and NLL, the fraction of collapsed networks (one class for every input) and "
-                 "the mean pairwise disagreement."),
-        label=f"tab:{cfg['name']}-samplers",
-    )
-    log.info("samplers table of %s:\n%s", cfg["name"], table.to_string(index=False))
+    _write_tables(job, "samplers", samplers_table(rows), write_samplers_table, "Samplers of every flow", (
+        "accuracy and NLL, the fraction of collapsed networks (one class for every input) and the mean pairwise "
+        "disagreement."))
 
 
 def steps_stage(job: StageJob) -> None:
