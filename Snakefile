@@ -25,6 +25,8 @@ include: "workflow/rules/align.smk"
 include: "workflow/rules/flow.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/likelihood.smk"
+include: "workflow/rules/posterior.smk"
+include: "workflow/rules/transfer.smk"
 
 
 # Figures and tables only read small CSV/weights files: on a cluster they run on the submitting node instead of
@@ -37,6 +39,13 @@ localrules:
     plot_gaussian_sanity,
     samples_table,
     samplers_table,
+    selection_table,
+    fidelity_table,
+    plot_fidelity,
+    transfer_table,
+    architecture_table,
+    plot_initialization,
+    plot_scaling,
     plot_bma,
     plot_calibration,
     plot_diversity,

@@ -1,7 +1,13 @@
 """Alignment speed (seconds per network) and, optionally, loss barriers per method and objective.
 
     python benchmarks/alignment.py                       # timing table (30-16-16-2 x 1000, 784-10-10 x 100)
+    python benchmarks/alignment.py --large 20000 [--file ENSEMBLE_FILE] [--threads 2]
     python benchmarks/alignment.py --barriers results/breast_cancer/ensemble/weights.pt [--final-only]
+
+``--large N``: tens of thousands of 784-10-10 snapshots (the first N rows of ``--file``, an ensemble weights file,
+else draws from the prior) aligned onto one reference with weight matching and with Sinkhorn-mid (default
+``alignment`` settings, ``--set`` overrides), then canonicalized; prints seconds per network, the peak resident
+memory and the size of the weights file of the N networks.
 
 Timing (wall and process CPU time; the CPU time is the better measure on a shared machine): networks drawn from the prior (N(0, 0.1) weights), aligned onto the first one with the default
 ``alignment`` config of config/schema.yaml (Sinkhorn includes its weight-matching initialization).  Task
@@ -24,7 +30,7 @@ from weightflow.align.references import align, align_weights_file
 from weightflow.barriers import barrier_table
 from weightflow.data import load_dataset
 from weightflow.io import load_weights
-from weightflow.utils import generator
+from weightflow.utils import generator, keep_freed_memory
 from weightflow.weights import init_weights
 
 SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
@@ -64,6 +70,50 @@ def timing(acfg: dict) -> None:
                   f"{cpu:>8.2f} {1000 * cpu / num:>10.2f}")
 
 
+def large(num: int, acfg: dict, path: str | None) -> None:
+    """Seconds per network to align and canonicalize ``num`` 784-10-10 networks, peak memory, file size."""
+    import resource
+    import tempfile
+
+    from weightflow.canonical import canonicalize
+    from weightflow.io import WeightsFile, save_weights
+
+    sizes = [784, 10, 10]
+    if path:
+        flat = load_weights(path, layer_sizes=sizes).weights[:num]
+    else:
+        flat = init_weights(sizes, num, init_std=0.1, generator=generator(0, "bench-large"))
+    num = flat.shape[0]
+    data = task_data("fashion_mnist")
+    print(f"784-10-10 x {num} ({'rows of ' + path if path else 'prior draws'}), {torch.get_num_threads()} threads")
+    print(f"{'step':<22}{'wall s':>9}{'cpu s':>9}{'ms/net (wall)':>15}")
+
+    def row(name: str, seconds: float, cpu: float) -> None:
+        print(f"{name:<22}{seconds:>9.1f}{cpu:>9.1f}{1000 * seconds / num:>15.3f}", flush=True)
+
+    for method, objective in (("weight_matching", "l2"), ("sinkhorn", "mid")):
+        start, cpu = time.perf_counter(), time.process_time()
+        perms, _ = align(flat[0], flat, sizes, dict(acfg, method=method, objective=objective),
+                         data=data if objective != "l2" else None, seed=0)
+        row(f"{method}-{objective}", time.perf_counter() - start, time.process_time() - cpu)
+    start, cpu = time.perf_counter(), time.process_time()
+    canonicalize(flat, sizes)
+    row("canonicalize", time.perf_counter() - start, time.process_time() - cpu)
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "weights.pt"
+        start = time.perf_counter()
+        save_weights(target, WeightsFile(flat, sizes, columns={"run": torch.zeros(num, dtype=torch.long)},
+                                         extras={f"perm.{h}": p for h, p in enumerate(perms)}))
+        seconds = time.perf_counter() - start
+        size = target.stat().st_size
+        start = time.perf_counter()
+        load_weights(target)
+        loaded = time.perf_counter() - start
+        print(f"weights file of {num} networks (+ permutations): {size / 2**20:.1f} MiB "
+              f"({size / num / 1024:.1f} KiB per network); save {seconds:.1f} s, load {loaded:.1f} s")
+    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
 def barriers(path: str, acfg: dict, splits: list[str], final_only: bool) -> None:
     wf = load_weights(path)
     if final_only:  # barriers only use final weights; each network is aligned independently of the others
@@ -94,6 +144,8 @@ def main() -> None:
     parser.add_argument("--barriers", metavar="ENSEMBLE_FILE", help="barrier table for this ensemble weights file")
     parser.add_argument("--splits", nargs="+", default=["test", "train"])
     parser.add_argument("--final-only", action="store_true", help="align only the final weights (what barriers use)")
+    parser.add_argument("--large", type=int, metavar="N", help="seconds per network for N 784-10-10 snapshots")
+    parser.add_argument("--file", help="ensemble weights file (784-10-10) whose first N rows --large aligns")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the align rule uses 1)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override alignment settings")
     args = parser.parse_args()
@@ -105,6 +157,9 @@ def main() -> None:
     print("alignment settings:", {k: v for k, v in acfg.items() if k not in ("references", "barriers")})
     if args.barriers:
         barriers(args.barriers, copy.deepcopy(acfg), args.splits, args.final_only)
+    elif args.large:
+        keep_freed_memory()  # as every workflow stage does (weightflow.runner.run_stage)
+        large(args.large, acfg, args.file)
     else:
         timing(acfg)
 

@@ -11,6 +11,7 @@ Cases (issue 5): (a) 30-16-16-2, batch 32, d=64, 5 layers; (b) 784-10-10, batch 
 
     python benchmarks/models.py                    # the table for ngt, pna, ngt_dense on (a) and (b)
     python benchmarks/models.py --models ngt --cases a --steps 10
+    python benchmarks/models.py --models ngt --reference   # sparse NG-T on its plain-autograd reference path
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def worker(name: str, case: str, args: argparse.Namespace) -> dict:
     widths = {"key_width": args.key_width, "edge_hidden": args.edge_hidden} if name.startswith("ngt") else {}
     model = build_model(name, sizes, width=spec["width"], depth=spec["depth"], heads=4, seed=0, bf16=args.bf16,
                         compile=args.compile, **widths)
+    if args.reference and name == "ngt":
+        model.fused = False  # plain-autograd gather/scatter path
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     x = init_weights(sizes, batch, init_std=0.3, bias_std=0.1, generator=gen)
@@ -77,6 +80,7 @@ def run_worker(name: str, case: str, args: argparse.Namespace) -> dict:
     """Run :func:`worker` in a child process under the memory and time caps."""
     cmd = [sys.executable, __file__, "--worker", name, case, "--steps", str(args.steps), "--threads", str(args.threads)]
     cmd += ["--bf16"] * args.bf16 + ["--compile"] * args.compile + ["--system-malloc"] * args.system_malloc
+    cmd += ["--reference"] * args.reference
     cmd += [f"--{key.replace('_', '-')}={getattr(args, key)}" for key in ("key_width", "edge_hidden") if getattr(args, key)]
     env = dict(os.environ)
     if args.omp_wait_policy != "inherit":
@@ -141,6 +145,9 @@ def main() -> None:
     parser.add_argument("--key-width", type=int, help="NG-T query/key width (default: the model's, d/2 sparse, d dense)")
     parser.add_argument("--edge-hidden", type=int, help="NG-T edge-update hidden width (default: the model's)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--reference", action="store_true",
+                        help="sparse NG-T on its plain-autograd gather/scatter path (fused=False) instead of the fused "
+                        "layered kernels")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()

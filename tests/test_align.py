@@ -202,3 +202,85 @@ def test_align_weights_file_with_weight_matching_is_seeded(trained):
     b = align_weights_file(wf, "ref0", ACFG, seed=3)
     assert torch.equal(a.weights, b.weights)
     assert torch.allclose(a.columns["align_objective"], (a.weights - a.weights[0]).pow(2).sum(-1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 10])
+def test_batched_assignments_are_optimal_like_scipy(n):
+    """The vectorized Hungarian solver reaches scipy's optimal total on random, tied, constant and large scores."""
+    from weightflow.align.weight_matching import batched_assignments
+
+    gen = seeded(n)
+    cases = {
+        "gaussian": torch.randn(100, n, n, generator=gen, dtype=torch.float64),
+        "ties": torch.randint(0, 3, (100, n, n), generator=gen).double(),  # many optimal permutations
+        "constant": torch.zeros(20, n, n, dtype=torch.float64),
+        "large": 1e6 * torch.randn(50, n, n, generator=gen, dtype=torch.float64),
+        "float32": torch.randn(50, n, n, generator=gen),
+    }
+    for name, scores in cases.items():
+        got = batched_assignments(scores)
+        assert torch.equal(got.sort(-1).values, torch.arange(n).expand(len(scores), n)), name  # permutations
+        ref = solve_assignments(scores, method="scipy")
+        total = lambda p: scores.double().gather(2, p.unsqueeze(-1)).sum((1, 2))  # noqa: E731
+        assert torch.allclose(total(got), total(ref), rtol=1e-12, atol=1e-9), name
+        assert torch.equal(solve_assignments(scores, method="batched"), got)
+    with pytest.raises(ValueError, match="finite"):
+        batched_assignments(torch.full((1, n, n), float("nan")))
+
+
+def test_permutation_objectives_equal_the_objectives_of_permuted_networks(trained, iris):
+    """Scoring permutations through the shared input-layer product gives the objective of the permuted networks."""
+    from weightflow.align.references import RND_LAMBDAS, hard_objective, permutation_objectives
+
+    sizes, theta = trained
+    layout = as_layout(sizes)
+    ref, nets = theta[0], theta[1:]
+    data = (iris.x_train, iris.y_train)
+    perms = random_permutations(len(nets), sizes, generator=seeded(12))
+    for objective in ("l2", "mid", "rnd"):
+        got = permutation_objectives(objective, ref, nets, layout, [None, perms], data, chunk_size=4)
+        for value, p in zip(got, [None, perms]):
+            moved = nets if p is None else apply_permutations(nets, sizes, p)
+            if objective == "l2":
+                expected = (ref - moved).pow(2).sum(-1)
+            else:
+                lams = [0.5] if objective == "mid" else RND_LAMBDAS.tolist()
+                expected = sum(cross_entropy((1 - lam) * ref + lam * moved, sizes, *data) for lam in lams) / len(lams)
+            assert torch.allclose(value, expected, rtol=1e-5, atol=1e-6), objective
+            assert torch.allclose(hard_objective(objective, ref, moved, layout, data), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["l2", "mid", "rnd"])
+def test_sinkhorn_objectives_equal_those_of_the_soft_permuted_networks(iris, objective):
+    """The Sinkhorn objectives, computed without permuting the input layer, equal the objective of the networks
+    soft-permuted by the doubly stochastic matrices (and interpolated with the reference)."""
+    from weightflow.align.sinkhorn import _objective
+
+    flat = init_weights(DEEP, 5, init_std=1.0, bias_std=0.5, generator=seeded(13), dtype=torch.float64)
+    layout = as_layout(DEEP)
+    data = (iris.x_train.double(), iris.y_train)
+    for ref in (flat[0], init_weights(DEEP, 5, init_std=1.0, bias_std=0.5, generator=seeded(14), dtype=torch.float64)):
+        mats = [log_sinkhorn(torch.randn(5, n, n, generator=seeded(n), dtype=torch.float64), 1.0, 30)
+                for n in layout.hidden_sizes]
+        moved = soft_permute(flat, DEEP, mats)
+        got = _objective(objective, ref, flat, layout, mats, data, 16, seeded(15), {})
+        if objective == "l2":
+            expected = (ref - moved).pow(2).sum(-1)
+        else:
+            gen = seeded(15)
+            idx = torch.randperm(len(data[1]), generator=gen)[:16]
+            lam = torch.full((5, 1), 0.5, dtype=torch.float64) if objective == "mid" else \
+                torch.rand(5, 1, generator=gen).double()
+            expected = cross_entropy((1 - lam) * ref + lam * moved, DEEP, data[0][idx], data[1][idx])
+        assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_alignment_in_chunks_equals_one_chunk(trained):
+    """Chunks bound memory only: weight matching gives the same permutations, objectives and file in any chunking."""
+    sizes, theta = trained
+    wf = _ensemble_file(theta, sizes)
+    whole = align_weights_file(wf, "ref0", ACFG, seed=2)
+    chunked = align_weights_file(wf, "ref0", dict(ACFG, chunk_size=5), seed=2)
+    assert torch.equal(whole.weights, chunked.weights)
+    assert torch.equal(whole.columns["align_objective"], chunked.columns["align_objective"])
+    assert all(torch.equal(whole.extras[k], chunked.extras[k]) for k in whole.extras)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from weightflow.canonical import canonical_stage, canonicalize, scale_extras
+from weightflow.canonical import canonical_stage, canonicalize, canonicalize_chunked, scale_extras
 from weightflow.data import load_dataset
 from weightflow.ensemble import EnsembleConfig, train_ensemble
 from weightflow.io import WeightsFile, load_weights, save_weights
@@ -114,6 +114,8 @@ def test_orbit_invariance():
 def test_batched_equals_one_by_one():
     flat = random_nets(6)
     canonical, scales = canonicalize(flat, SIZES)
+    chunked, chunked_scales = canonicalize_chunked(flat, SIZES, chunk_size=4)
+    assert torch.equal(chunked, canonical) and all(torch.equal(a, b) for a, b in zip(chunked_scales, scales))
     for i in range(6):
         one, s = canonicalize(flat[i:i + 1], SIZES)
         assert torch.allclose(one, canonical[i:i + 1], atol=1e-7)
@@ -159,9 +161,9 @@ def test_canonical_stage_keeps_columns_and_adds_scales(tmp_path, wine_ensemble):
     wf = WeightsFile(wine_ensemble.weights, SIZES, columns=wine_ensemble.columns,
                      extras={"perm.0": torch.arange(8).repeat(n, 1)}, metadata={"dataset": "wine"})
     save_weights(src, wf)
-    cfg = {"layer_sizes": list(SIZES), "canonical": {"last_radius": 1.5, "dead_tol": 1e-12}}
+    cfg = {"layer_sizes": list(SIZES), "canonical": {"last_layer": "free", "last_radius": 1.5, "dead_tol": 1e-12}}
     job = StageJob(inputs={"weights": str(src)}, outputs={"weights": str(dst)}, params={"cfg": cfg},
-                   wildcards={"experiment": "wine", "reference": "ref0"})
+                   wildcards={"experiment": "wine", "reference": "ref0", "form": "sphere"})
     canonical_stage(job)
     out = load_weights(dst, layer_sizes=SIZES)
     assert set(out.columns) == set(wf.columns)
@@ -169,11 +171,39 @@ def test_canonical_stage_keeps_columns_and_adds_scales(tmp_path, wine_ensemble):
     assert torch.equal(out.extras["perm.0"], wf.extras["perm.0"])
     assert out.extras["scale.0"].shape == (n, 8) and out.extras["scale.2"].shape == (n, 1)
     assert out.metadata["dataset"] == "wine" and out.metadata["canonical"]["reference"] == "ref0"
+    assert out.metadata["canonical"]["last_layer"] == "sphere"  # the {form} wildcard, not the config default
     expect, _ = canonicalize(wf.weights, SIZES, 1.5)
     assert torch.equal(out.weights, expect)
     job.inputs, job.outputs = {"weights": str(dst)}, {"weights": str(tmp_path / "twice.pt")}
     with pytest.raises(ValueError, match="canonical already"):
         canonical_stage(job)
+
+
+def test_free_form_keeps_the_logits_exactly(wine, wine_ensemble):
+    """Function-preserving form: hidden neurons on unit spheres, the last layer absorbs the scales; the canonical
+    networks compute the raw networks' logits (relative error <= 1e-5 in float32) and lie on the manifold with a
+    Euclidean last layer."""
+    flat = wine_ensemble.weights
+    canonical, scales = canonicalize(flat, SIZES, last_layer="free")
+    raw, canon = forward(flat, SIZES, wine.x_test), forward(canonical, SIZES, wine.x_test)
+    assert relative_error(canon, raw) <= 1e-5
+    assert torch.equal(scales[-1], torch.ones_like(scales[-1]))
+    geom = ProductSpheres(SIZES, last_layer="free")
+    assert geom.num_factors == 8 + 6 and geom.norm_deviation(canonical).max() <= 1e-6
+    # the hidden part is the sphere form's: the two forms differ only by the last layer's scale s_L
+    sphere, sphere_scales = canonicalize(flat, SIZES, last_layer="sphere")
+    w_start = MLPLayout(SIZES).offsets[-1][0]
+    assert torch.allclose(canonical[:, :w_start], sphere[:, :w_start])
+    assert torch.allclose(canonical[:, w_start:], sphere[:, w_start:] * sphere_scales[-1], rtol=1e-5, atol=1e-6)
+    # idempotent, and invariant to any positive rescaling of hidden neurons
+    again, scales2 = canonicalize(canonical, SIZES, last_layer="free")
+    assert (again - canonical).abs().max() <= 1e-5 and all((s - 1).abs().max() <= 1e-5 for s in scales2)
+    layers = [list(p) for p in unflatten(flat.double(), SIZES)]
+    s = torch.exp(torch.randn(len(flat), 8, generator=generator(0, "free-orbit"), dtype=torch.float64))
+    layers[0][0], layers[0][1] = layers[0][0] * s[..., None], layers[0][1] * s
+    layers[1][0] = layers[1][0] / s[:, None, :]
+    moved = canonicalize(flatten(layers), SIZES, last_layer="free")[0]
+    assert torch.allclose(moved, canonicalize(flat.double(), SIZES, last_layer="free")[0], atol=1e-9)
 
 
 def test_layer_angles_and_figure_stage(tmp_path):
@@ -197,15 +227,24 @@ def test_layer_angles_and_figure_stage(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_pipeline_canonical_weights(smoke_workdir):
-    """The `canonical` rule's outputs on the smoke DAG: on the manifold, same function and rows as their sources."""
+    """The `canonical` rule's outputs on the smoke DAG, in both forms: on their manifold, same rows as their
+    sources; the free form computes the same logits, the sphere form the logits divided by s_L."""
     results = smoke_workdir / "results" / "smoke"
     sizes = (4, 6, 3)
     x = load_dataset("iris", seed=0).x_test
-    for reference, source in (("none", "ensemble/weights.pt"), ("ref0", "aligned/ref0/weights.pt")):
-        raw, out = load_weights(results / source), load_weights(results / "canonical" / reference / "weights.pt")
-        assert ProductSpheres(sizes).norm_deviation(out.weights).max() <= 1e-6
-        assert all(torch.equal(out.columns[k], v) for k, v in raw.columns.items())
-        assert set(raw.extras) < set(out.extras) and out.metadata["canonical"]["reference"] == reference
-        logits = forward(out.weights, sizes, x) * out.extras["scale.1"][:, :, None]
-        assert relative_error(logits, forward(raw.weights, sizes, x)) <= 1e-5
+    checked = 0
+    for form in ("free", "sphere"):
+        for reference, source in (("none", "ensemble/weights.pt"), ("ref0", "aligned/ref0/weights.pt")):
+            path = results / "canonical" / form / reference / "weights.pt"
+            if not path.exists():  # the smoke DAG builds the forms and references its flows use
+                continue
+            raw, out = load_weights(results / source), load_weights(path)
+            assert ProductSpheres(sizes, last_layer=form).norm_deviation(out.weights).max() <= 1e-6
+            assert all(torch.equal(out.columns[k], v) for k, v in raw.columns.items())
+            assert set(raw.extras) < set(out.extras) and out.metadata["canonical"]["reference"] == reference
+            assert out.metadata["canonical"]["last_layer"] == form
+            logits = forward(out.weights, sizes, x) * out.extras["scale.1"][:, :, None]
+            assert relative_error(logits, forward(raw.weights, sizes, x)) <= 1e-5
+            checked += 1
+    assert checked >= 3
     assert (results / "figures" / "canonical_geometry.png").stat().st_size > 1000

@@ -1,4 +1,4 @@
-"""Datasets: shapes, seeded splits, standardization fit on the training split only, IDX reading."""
+"""Datasets: shapes, seeded splits, standardization fit on the training split only, IDX reading, digits28, the registry."""
 
 import gzip
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightflow.data import DEFAULT_ROOTS, load_dataset, read_idx
+from weightflow.data import DEFAULT_ROOTS, load_dataset, read_idx, upsample_images
 
 
 @pytest.mark.parametrize("name,features,classes", [("breast_cancer", 30, 2), ("digits", 64, 10), ("wine", 13, 3),
@@ -69,3 +69,80 @@ def test_gaussian_target_and_unknown_name():
     assert g.weight_target == {"mean": 1.0, "std": 1.0} and len(g.y_train) == 0
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         load_dataset("cifar")
+
+
+def _bilinear_reference(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear interpolant of ``image`` (pixel centres at integer coordinates, clamped at the border) evaluated at
+    the centres of a ``size × size`` grid covering the same square (align_corners=False)."""
+    h = image.shape[0]
+    coords = np.clip((np.arange(size) + 0.5) * h / size - 0.5, 0, h - 1)
+    lo = np.floor(coords).astype(int)
+    hi = np.minimum(lo + 1, h - 1)
+    frac = coords - lo
+    out = np.empty((size, size))
+    for i in range(size):
+        for j in range(size):
+            top = (1 - frac[j]) * image[lo[i], lo[j]] + frac[j] * image[lo[i], hi[j]]
+            bottom = (1 - frac[j]) * image[hi[i], lo[j]] + frac[j] * image[hi[i], hi[j]]
+            out[i, j] = (1 - frac[i]) * top + frac[i] * bottom
+    return out
+
+
+def test_upsample_images_is_bilinear_at_the_pixel_centres():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (3, 8, 8))
+    up = upsample_images(images, 28)
+    assert up.shape == (3, 28, 28)
+    for image, got in zip(images, up):
+        assert np.abs(got - _bilinear_reference(image, 28)).max() < 1e-12
+    assert np.allclose(upsample_images(np.ones((1, 8, 8)), 28), 1.0)  # constants stay constant
+
+
+def test_digits28_shape_splits_and_standardization_from_train_only():
+    from sklearn.datasets import load_digits
+
+    d = load_dataset("digits28", seed=0)
+    assert (d.num_features, d.num_classes) == (784, 10)
+    n = len(d.y_train) + len(d.y_val) + len(d.y_test)
+    assert n == 1797 and abs(len(d.y_test) / n - 0.2) < 0.01 and abs(len(d.y_val) / n - 0.2) < 0.01
+    for split in ("train", "val", "test"):
+        x, y = d.split(split)
+        assert x.dtype == torch.float32 and x.shape[1] == 784 and set(y.unique().tolist()) == set(range(10))
+    # ONE mean and std, of the training split's pixels (like the IDX sets), not per pixel
+    assert abs(float(d.x_train.double().mean())) < 1e-6 and abs(float(d.x_train.double().std()) - 1) < 1e-3
+    assert not torch.allclose(d.x_train.mean(0), torch.zeros(784), atol=1e-3)  # per-pixel means are not removed
+    assert abs(float(d.x_test.double().mean())) > 1e-4  # the test split is not standardized on itself
+    # each image is the standardized bilinear upsampling of one 8x8 digit (/16): undo the affine map and compare
+    raw = upsample_images(load_digits().images / 16.0, 28).reshape(1797, 784)
+    image = d.x_train[0].double().numpy()
+    match = np.argmin(np.abs(np.corrcoef(raw, image[None])[-1, :-1] - 1))
+    slope, intercept = np.polyfit(raw[match], image, 1)
+    assert np.abs(slope * raw[match] + intercept - image).max() < 1e-4 and slope > 0
+    assert torch.equal(load_dataset("digits28", seed=0).x_train, d.x_train)
+    assert not torch.equal(load_dataset("digits28", seed=1).x_train, d.x_train)
+
+
+def test_mnist_without_files_names_the_folder_and_the_remedy(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"mnist.*nowhere.*data_root.*digits28"):
+        load_dataset("mnist", root=tmp_path / "nowhere")
+
+
+def test_one_registry_for_dataset_names_and_shapes():
+    """The schema's dataset enum, weightflow.data and weightflow.config all take their names from the registry."""
+    from pathlib import Path
+
+    import yaml
+
+    from weightflow.config import DATASET_SHAPES
+    from weightflow.data import DATASETS
+    from weightflow.dataset_registry import DATASETS as REGISTRY
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "schema.yaml").read_text())
+    assert schema["$defs"]["experiment"]["properties"]["dataset"]["enum"] == list(REGISTRY)
+    assert DATASETS == tuple(REGISTRY)
+    assert DATASET_SHAPES == {name: (s.num_features, s.num_classes) for name, s in REGISTRY.items()
+                              if s.kind != "weight_target"}
+    for name, spec in REGISTRY.items():  # every dataset that needs no files loads with the registry's shape
+        if spec.kind in ("sklearn", "digits28"):
+            d = load_dataset(name)
+            assert (d.num_features, d.num_classes) == (spec.num_features, spec.num_classes)

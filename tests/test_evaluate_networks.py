@@ -1,4 +1,5 @@
-"""Evaluating sets of networks: BMA sanity on trained ensembles, canonical-scale NLL, the stages and figures."""
+"""Evaluating sets of networks: BMA sanity on trained ensembles, temperature-calibrated metrics, the stages, tables
+and figures."""
 
 import json
 
@@ -44,24 +45,58 @@ def test_bma_of_an_ensemble_beats_its_mean_member(name, layer_sizes):
     assert len(result.networks) == 8 and result.networks["accuracy"].between(0, 1).all()
 
 
-def test_canonical_nll_is_invariant_to_the_last_layer_scale():
+def test_calibrated_metrics_do_not_depend_on_the_logit_scale():
+    """Multiplying every network's logits by c (last layer × c) multiplies the fitted temperature by c and leaves
+    every calibrated metric unchanged; the raw NLL changes.  The fit uses the validation split."""
     data, snaps = quick_ensemble("iris", [4, 6, 3], runs=4, epochs=4)
     nets = snaps.weights[snaps.columns["final"] == 1]
     scaled = nets.clone()
     w_last, b_last = unflatten(scaled, [4, 6, 3])[-1]
-    factor = torch.tensor([0.5, 2.0, 3.0, 0.25])[:, None]
-    w_last.mul_(factor[:, :, None])
-    b_last.mul_(factor)
-    # ReLU scale symmetry on the hidden layer too: same function.
-    w0, b0 = unflatten(scaled, [4, 6, 3])[0]
-    w1, _ = unflatten(scaled, [4, 6, 3])[1]
-    w0.mul_(4.0), b0.mul_(4.0), w1.div_(4.0)
+    w_last.mul_(0.3), b_last.mul_(0.3)
     gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
-    a = evaluate_networks(nets, [4, 6, 3], data.x_test, data.y_test, SETTINGS, generator=gen()).networks
-    b = evaluate_networks(scaled, [4, 6, 3], data.x_test, data.y_test, SETTINGS, generator=gen()).networks
-    assert a["accuracy"].tolist() == b["accuracy"].tolist()
-    assert b["nll_canonical"].to_numpy() == pytest.approx(a["nll_canonical"].to_numpy(), rel=1e-4)
-    assert not b["nll"].to_numpy() == pytest.approx(a["nll"].to_numpy(), rel=1e-2)  # raw NLL does depend on it
+    val = (data.x_val, data.y_val)
+    a = evaluate_networks(nets, [4, 6, 3], data.x_test, data.y_test, SETTINGS, generator=gen(), val=val)
+    b = evaluate_networks(scaled, [4, 6, 3], data.x_test, data.y_test, SETTINGS, generator=gen(), val=val)
+    assert a.networks["accuracy"].tolist() == b.networks["accuracy"].tolist()
+    assert b.summary["temperature"] == pytest.approx(0.3 * a.summary["temperature"], rel=1e-3)
+    for key in ("nll_mean_cal", "ece_mean_cal", "brier_mean_cal", "bma_nll_cal", "diversity_js_cal"):
+        assert b.summary[key] == pytest.approx(a.summary[key], rel=2e-3, abs=1e-6), key
+    assert not b.summary["nll_mean"] == pytest.approx(a.summary["nll_mean"], rel=1e-2)  # raw NLL depends on it
+    # T minimizes the mean validation NLL: neighbouring temperatures do worse
+    from weightflow.evaluate.networks import logits_of
+    logits = logits_of(nets, [4, 6, 3], data.x_val)
+    val_nll = lambda t: metrics.nll(torch.log_softmax(logits / t, -1), data.y_val).mean().item()  # noqa: E731
+    t = a.summary["temperature"]
+    assert val_nll(t) <= min(val_nll(0.9 * t), val_nll(1.1 * t))
+
+
+def test_function_preserving_canonical_copy_has_the_same_scores(tmp_path):
+    """The ensemble through the canonical stage in the free form scores exactly like the ensemble (same subsets,
+    BMA NLL within float error); in the thesis' (sphere) form the raw NLL differs but the calibrated one is close."""
+    from weightflow.canonical import canonicalize
+
+    data, snaps = quick_ensemble("iris", [4, 6, 3], runs=6, epochs=6, snapshot_every=2)
+    cfg = {"name": "toy", "dataset": "iris", "seed": 0, "layer_sizes": [4, 6, 3], "device": "cpu",
+           "val_fraction": 0.2, "test_fraction": 0.2,
+           "evaluation": {"split": "test", "max_networks": 25, "ece_bins": 15, "bma_sizes": [1, 4, 16],
+                          "bma_subsets": 5, "diversity_networks": 8, "ood": None, "ood_samples": 10}}
+    summaries = {}
+    for source, form in (("ensemble", None), ("ensemble_canonical", "free"), ("ensemble_sphere", "sphere")):
+        weights = snaps.weights if form is None else canonicalize(snaps.weights, [4, 6, 3], last_layer=form)[0]
+        path = tmp_path / f"{source}.pt"
+        meta = {} if form is None else {"canonical": {"last_layer": form}}
+        save_weights(path, WeightsFile(weights, (4, 6, 3), columns=snaps.columns, metadata=meta))
+        out = {k: tmp_path / source / f for k, f in (("networks", "networks.csv"), ("bma", "bma.csv"),
+               ("reliability", "reliability.csv"), ("summary", "summary.json"))}
+        evaluate_stage(StageJob(inputs={"weights": str(path)}, outputs=out, params={"cfg": cfg},
+                                wildcards={"source": source}))
+        summaries[source] = json.loads(out["summary"].read_text())
+    target, free, sphere = summaries["ensemble"], summaries["ensemble_canonical"], summaries["ensemble_sphere"]
+    assert free["last_layer"] == "free" and sphere["last_layer"] == "sphere" and target["last_layer"] == "raw"
+    for key in ("accuracy_mean", "nll_mean", "bma_nll", "bma_accuracy", "diversity_js", "temperature"):
+        assert free[key] == pytest.approx(target[key], rel=1e-5, abs=1e-6), key
+    assert sphere["accuracy_mean"] == pytest.approx(target["accuracy_mean"])
+    assert abs(sphere["nll_mean"] - target["nll_mean"]) > 1e-3
 
 
 def test_stages_write_summaries_table_and_figures(tmp_path):
@@ -78,6 +113,7 @@ def test_stages_write_summaries_table_and_figures(tmp_path):
                        ("reliability", "reliability.csv"), ("summary", "summary.json"))}
         evaluate_stage(StageJob(inputs={"weights": str(tmp_path / "weights.pt")}, outputs=out[source],
                                 params={"cfg": cfg}, wildcards={"source": source}))
+        assert pd.read_csv(out[source]["bma"])["source"].eq(source).all()
     summaries = {s: json.loads(out[s]["summary"].read_text()) for s in out}
     assert summaries["ensemble"]["num_networks"] == 20 and summaries["deep_ensemble"]["num_networks"] == 5
     assert 0.0 <= summaries["ensemble"]["bma_ood_auroc"] <= 1.0
@@ -104,20 +140,38 @@ def test_stages_write_summaries_table_and_figures(tmp_path):
         assert all(f.stat().st_size > 5000 for f in files.values())
 
 
-def test_samples_table_orders_flows_then_baselines():
+def test_samples_table_orders_flows_then_baselines_then_guided_pairs():
     base = {"num_networks": 4, "accuracy_mean": 0.9, "accuracy_std": 0.01, "nll_mean": 0.3, "nll_std": 0.1,
-            "nll_canonical_mean": 0.3, "nll_canonical_std": 0.1, "ece_mean": 0.05, "diversity_js": 0.01,
-            "diversity_disagreement": 0.02, "bma_n": 4, "bma_accuracy": 0.92, "bma_nll": 0.25}
-    sources = ["ensemble", "geometric-ref0-ot", "euclidean-none-independent", "euclidean-ref0-ot", "deep_ensemble"]
+            "ece_mean": 0.05, "diversity_js": 0.01, "diversity_disagreement": 0.02, "bma_n": 4, "bma_accuracy": 0.92,
+            "bma_nll": 0.25, "temperature": 1.0}
+    sources = ["ensemble", "geometric-ref0-ot+control", "geometric-ref0-ot", "geometric-ref0-ot-ngt",
+               "euclidean-none-independent", "geometric-ref0-ot+guided", "euclidean-ref0-ot", "deep_ensemble",
+               "ensemble_canonical"]
     table = samples_table([dict(base, source=s) for s in sources])
-    assert list(zip(table["flow"], table["alignment"], table["coupling"])) == [
-        ("euclidean", "none", "independent"), ("euclidean", "ref0", "ot"), ("geometric", "ref0", "ot"),
-        ("Target", "", ""), ("Deep ensemble", "", "")]
+    assert table["source"].tolist() == [
+        "euclidean-none-independent", "euclidean-ref0-ot", "geometric-ref0-ot", "geometric-ref0-ot-ngt",
+        "ensemble", "ensemble_canonical", "deep_ensemble", "geometric-ref0-ot+guided", "geometric-ref0-ot+control"]
+    assert table["samples"].tolist()[-2:] == ["guided", "guidance only"]
+    assert table["flow"].tolist()[4:7] == ["Target", "Target (canonical)", "Deep ensemble"]
+    assert table["variant"].tolist()[2:4] == ["", "ngt"]
+
+
+def _candidates_file(tmp_path, flow, samples: dict, selected: dict):
+    """A candidates.pt / selection.csv pair as select_stage writes them (val scores made up)."""
+    from weightflow.flow.samples import save_candidates
+
+    cands = [{"name": n, "sampler": n, "options": {}, "guidance": 0.0, "control": False} for n in samples]
+    path, selection = tmp_path / f"{flow}.pt", tmp_path / f"{flow}.csv"
+    save_candidates(path, samples, cands, (4, 6, 3), {"flow": flow, "model": "mlp"})
+    pd.DataFrame({"flow": flow, "candidate": list(samples), "sampler": list(samples), "guidance": 0.0,
+                  "control": False, "val_accuracy": 0.5, "val_nll": 1.0, "val_collapsed": 0.0, "criterion": "nll",
+                  "selected": [selected.get(n, "") for n in samples]}).to_csv(selection, index=False)
+    return str(path), str(selection)
 
 
 def test_samplers_table_counts_collapsed_networks(tmp_path):
-    """Two samples files of one flow: trained networks, and the same with one in four replaced by a dead network
-    (hidden layer switched off, output bias for class 0): the dead ones are counted and lower the accuracy."""
+    """Two sampler candidates of one flow: trained networks, and the same with one in four replaced by a dead
+    network (hidden layer switched off, output bias for class 0): the dead ones are counted and lower the accuracy."""
     data, snaps = quick_ensemble("iris", [4, 6, 3], runs=8, epochs=6)
     nets = snaps.weights[snaps.columns["final"] == 1]
     dead = nets.clone()
@@ -126,20 +180,18 @@ def test_samplers_table_counts_collapsed_networks(tmp_path):
     unflatten(dead, [4, 6, 3])[-1][1][::4, 0] = 1.0  # dead[::4] is a view: predict class 0 everywhere
     cfg = {"name": "toy", "dataset": "iris", "seed": 0, "layer_sizes": [4, 6, 3], "device": "cpu",
            "evaluation": {"split": "test", "diversity_networks": 8}}
-    paths = []
-    for sampler, weights in (("euler", nets), ("broken", dead)):
-        path = tmp_path / f"{sampler}.pt"
-        save_weights(path, WeightsFile(weights, (4, 6, 3), metadata={"flow": "geometric-ref0-ot", "sampler": sampler}))
-        paths.append(str(path))
-    samplers_stage(StageJob(inputs={"samples": paths}, params={"cfg": cfg},
+    candidates, selection = _candidates_file(tmp_path, "geometric-ref0-ot", {"euler": nets, "broken": dead},
+                                             {"euler": "main"})
+    samplers_stage(StageJob(inputs={"candidates": [candidates], "selections": [selection]}, params={"cfg": cfg},
                             outputs={"csv": tmp_path / "samplers.csv", "tex": tmp_path / "samplers.tex"}))
-    table = pd.read_csv(tmp_path / "samplers.csv").set_index("sampler")
+    table = pd.read_csv(tmp_path / "samplers.csv", keep_default_na=False).set_index("candidate")
     assert table.loc["euler", "collapsed"] == 0.0 and table.loc["broken", "collapsed"] == 0.25
     per_network = metrics.accuracy(log_probs_of(nets, [4, 6, 3], data.x_test), data.y_test)
     per_network[::4] = (data.y_test == 0).float().mean()  # a dead network is right on the class-0 inputs only
     assert table.loc["broken", "accuracy"] == pytest.approx(per_network.mean().item(), abs=1e-6)
     assert table.loc["broken", "accuracy"] < table.loc["euler", "accuracy"]
-    assert (table["flow"] == "geometric").all() and (table["networks"] == 8).all()
+    assert (table["geometry"] == "geometric").all() and (table["networks"] == 8).all()
+    assert table.loc["euler", "selected"] == "main" and table.loc["broken", "selected"] == ""
     assert "broken" in (tmp_path / "samplers.tex").read_text()
 
 
@@ -156,10 +208,11 @@ def test_config_check_names_the_field():
     from weightflow.config import ConfigError
     from weightflow.config import check_evaluation_config
 
-    def exp(optimizer="adam", seed=0, flows=(), steps_flows=None, sgld=None):
-        return {"dataset": "iris", "seed": seed, "layer_sizes": [4, 6, 3], "val_fraction": 0.2,
+    def exp(optimizer="adam", seed=0, flows=(), steps_flows=None, sgld=None, main=None, guided_flows=None):
+        return {"dataset": "iris", "seed": seed, "layer_sizes": [4, 6, 3], "val_fraction": 0.2, "max_examples": None,
                 "test_fraction": 0.2, "flows": list(flows), "ensemble": {"optimizer": optimizer},
-                "evaluation": {"sgld": sgld, "steps_flows": steps_flows}}
+                "sampling": {"main": main, "samplers": {"euler": {"steps": 10}, "guided": {"guidance": 1.0}}},
+                "evaluation": {"sgld": sgld, "steps_flows": steps_flows, "guided_flows": guided_flows}}
 
     check_evaluation_config({"experiments": {"a": exp(sgld="b"), "b": exp(optimizer="sgld")}})
     with pytest.raises(ConfigError, match=r"experiments\.a\.evaluation\.sgld: experiment 'b' has seed"):
@@ -168,3 +221,7 @@ def test_config_check_names_the_field():
         check_evaluation_config({"experiments": {"a": exp(sgld="c")}})
     with pytest.raises(ConfigError, match=r"experiments\.a\.evaluation\.steps_flows"):
         check_evaluation_config({"experiments": {"a": exp(flows=["euclidean-none-ot"], steps_flows=["x"])}})
+    with pytest.raises(ConfigError, match=r"experiments\.a\.evaluation\.guided_flows"):
+        check_evaluation_config({"experiments": {"a": exp(flows=["euclidean-none-ot"], guided_flows=["x"])}})
+    with pytest.raises(ConfigError, match=r"experiments\.a\.sampling\.main: 'guided' is not an unguided sampler"):
+        check_evaluation_config({"experiments": {"a": exp(main="guided")}})

@@ -270,13 +270,14 @@ def _write_flow(tmp_path, flow_id, cfg, data):
 
 def test_likelihood_stage_and_figure(tmp_path):
     from weightflow.io import WeightsFile, save_weights
-    from weightflow.likelihood.stage import likelihood_stage, same_representation
+    from weightflow.flow.samples import save_candidates
+    from weightflow.likelihood.stage import likelihood_stage
     from weightflow.plots.loglik import loglik_stage
     from weightflow.runner import StageJob
 
     sizes = (4, 3, 3)
     cfg = {"name": "tiny", "dataset": "iris", "seed": 0, "device": "cpu", "layer_sizes": list(sizes),
-           "ensemble": {"init_std": 0.5}, "flow": {"holdout_fraction": 0.25},
+           "ensemble": {"init_std": 0.5}, "flow": {"holdout_fraction": 0.25}, "canonical": {"last_layer": "sphere"},
            "model": {"name": "mlp", "width": 16, "depth": 2, "time_size": 8},
            "likelihood": {"networks": 2, "probes": 3, "exact_networks": 2, "steps": 3}}
     spheres = ProductSpheres(sizes, bias_prior_std=0.5)
@@ -285,25 +286,29 @@ def test_likelihood_stage_and_figure(tmp_path):
     canonical = WeightsFile(spheres.sample_prior(16, generator(0, "can")), sizes, {"run": runs})
     flows = {"euclidean-none-independent": raw, "geometric-none-independent": canonical,
              "normalized-none-ot": canonical}
-    assert same_representation("geometric-none-independent", "normalized-none-ot")
-    assert not same_representation("euclidean-none-independent", "normalized-none-ot")
-    files = {}
+    canonical_flows = {"geometric-none-independent", "normalized-none-ot"}
+    files, samples = {}, {}
     for flow_id, data in flows.items():
         save_weights(tmp_path / flow_id / "data.pt", data)
-        save_weights(tmp_path / flow_id / "samples.pt", WeightsFile(data.weights[:5] * 1.01, sizes,
-                                                                     metadata={"flow": flow_id}))
+        samples[flow_id] = (str(tmp_path / flow_id / "candidates.pt"), str(tmp_path / flow_id / "selection.csv"))
+        save_candidates(samples[flow_id][0], {"euler": data.weights[:5] * 1.01},
+                        [{"name": "euler", "sampler": "euler", "options": {}, "guidance": 0.0, "control": False}],
+                        sizes, {"flow": flow_id})
+        pd.DataFrame({"candidate": ["euler"], "selected": ["main"]}).to_csv(samples[flow_id][1], index=False)
         files[flow_id] = _write_flow(tmp_path, flow_id, cfg, data)
     csvs = []
     for flow_id in flows:
-        others = [str(tmp_path / f / "samples.pt") for f in flows if f != flow_id and same_representation(f, flow_id)]
+        others = [samples[f] for f in flows if f != flow_id and {f, flow_id} <= canonical_flows]
         csv = tmp_path / flow_id / "loglik.csv"
         likelihood_stage(StageJob(
             inputs={"model": str(files[flow_id]), "data": str(tmp_path / flow_id / "data.pt"),
-                    "samples": str(tmp_path / flow_id / "samples.pt"), "others": others},
+                    "samples": samples[flow_id][0], "selection": samples[flow_id][1],
+                    "others": [o[0] for o in others], "other_selections": [o[1] for o in others]},
             outputs={"csv": str(csv)}, params={"cfg": cfg}, wildcards={"flow": flow_id}))
         table = pd.read_csv(csv)
         hutch, exact = table[table.estimator == "hutchinson"], table[table.estimator == "exact"]
         assert set(hutch.source) == ({"holdout", "generated", "prior"} | ({"other_flow"} if others else set()))
+        assert set(hutch[hutch.source == "other_flow"].source_flow) == (canonical_flows - {flow_id} if others else set())
         assert (hutch[hutch.source == "holdout"].run.isin([0, 1])).all()
         assert len(exact) == 2 and (exact.source == "holdout").all()
         assert table.logp.notna().all() and (table.t_start == 0.99).all()

@@ -296,3 +296,41 @@ def test_invalid_settings_are_rejected():
         ProductSpheres((4, 6, 3), last_radius=0.0)
     with pytest.raises(ValueError, match="prior_std"):
         Euclidean((4, 6, 3), prior_std=-1.0)
+
+
+# --- the function-preserving form: a Euclidean last layer -------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", LAYOUTS)
+def test_free_last_layer_is_euclidean(sizes):
+    geom = ProductSpheres(sizes, last_layer="free", bias_prior_std=0.7, weight_prior_std=1.3)
+    layout = MLPLayout(sizes)
+    hidden = sum(sizes[1:-1])
+    w_start, b_start, _ = layout.offsets[-1]
+    assert geom.num_factors == hidden and geom.intrinsic_dim == layout.dim - hidden
+    mask = ~layout.is_bias
+    mask[w_start:b_start] = False
+    assert torch.equal(geom.sphere_mask, mask)
+    x, y = points(geom, 16, "free-x"), points(geom, 16, "free-y")
+    assert geom.check_on_manifold(x, tol=1e-12)
+    # exp / log / geodesics: the last layer moves on straight lines, the spheres as before
+    v = geom.log(x, y)
+    assert torch.allclose(v[:, w_start:], y[:, w_start:] - x[:, w_start:], atol=1e-12)
+    assert torch.allclose(geom.exp(x, v), y, atol=1e-12)
+    t = torch.rand(16, generator=generator(0, "free-t"), dtype=torch.float64)
+    xt, ut = geom.interpolate(x, y, t)
+    assert torch.allclose(xt[:, w_start:b_start], (1 - t[:, None]) * x[:, w_start:b_start] + t[:, None] * y[:, w_start:b_start])
+    assert torch.allclose(ut.norm(dim=-1), geom.dist(x, y), atol=1e-10)
+    w = tangent(geom, x, "free-w", scale=0.4)
+    assert torch.allclose(geom.transport(x, y, w).norm(dim=-1), w.norm(dim=-1), atol=1e-10)
+    pair = geom.pairwise_sq_dist(x, y[:5])
+    expect = geom.dist(x[:, None, :].expand(-1, 5, -1), y[None, :5, :].expand(16, -1, -1)) ** 2
+    assert torch.allclose(pair, expect, rtol=1e-8, atol=1e-10)
+    # prior: uniform spheres x N(0, 1.3^2) last layer x N(0, 0.7^2) biases, drawn and scored consistently
+    draws = geom.sample_prior(20000, generator(0, "free-prior"), dtype=torch.float64)
+    assert draws[:, w_start:b_start].std().item() == pytest.approx(1.3, rel=0.02)
+    assert draws[:, layout.is_bias].std().item() == pytest.approx(0.7, rel=0.02)
+    last = torch.distributions.Normal(0.0, 1.3).log_prob(x[:, w_start:b_start]).sum(-1)
+    bias = torch.distributions.Normal(0.0, 0.7).log_prob(x[:, layout.is_bias]).sum(-1)
+    log_area = sum(sphere_log_area(sizes[l]) * sizes[l + 1] for l in range(len(sizes) - 2))
+    assert torch.allclose(geom.prior_log_prob(x), last + bias - log_area, atol=1e-10)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from weightflow.weights import (MLPLayout, accuracy, cross_entropy, flatten, forward, from_sequential,
-                                init_weights, to_sequential, unflatten)
+                                init_weights, loss_and_accuracy, loss_and_grad, to_sequential, unflatten)
 
 LAYOUTS = [[30, 16, 16, 2], [4, 6, 3], [64, 16, 10], [5, 7, 3, 4, 2], [3, 1]]
 
@@ -73,3 +73,44 @@ def test_loss_and_accuracy_per_network():
     assert flat.grad[[0, 2, 3]].abs().max() == 0 and flat.grad[1].abs().max() > 0
     acc = accuracy(flat, sizes, x, y)
     assert torch.allclose(acc, (forward(flat, sizes, x).argmax(-1) == y).float().mean(-1))
+
+
+@pytest.mark.parametrize("sizes", LAYOUTS)
+@pytest.mark.parametrize("shared", [True, False])
+def test_loss_and_grad_equals_autograd(sizes, shared):
+    """The hand-written backward pass gives the loss and per-network gradient of cross_entropy(...).sum()."""
+    gen = torch.Generator().manual_seed(2)
+    flat = init_weights(sizes, 4, init_std=0.7, bias_std=0.3, generator=gen, dtype=torch.float64)
+    shape = (13, sizes[0]) if shared else (4, 13, sizes[0])
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, sizes[-1], shape[:-1], generator=gen)
+    theta = flat.clone().requires_grad_(True)
+    loss = cross_entropy(theta, sizes, x, y)
+    loss.sum().backward()
+    got_loss, got_grad = loss_and_grad(flat, sizes, x, y)
+    assert torch.allclose(got_loss, loss.detach(), atol=1e-12)
+    assert torch.allclose(got_grad, theta.grad, atol=1e-12)
+
+
+def test_loss_and_grad_bfloat16_input_layer_is_close():
+    gen = torch.Generator().manual_seed(3)
+    sizes = [64, 16, 10]
+    flat = init_weights(sizes, 6, init_std=0.3, bias_std=0.1, generator=gen)
+    x, y = torch.randn(6, 32, 64, generator=gen), torch.randint(0, 10, (6, 32), generator=gen)
+    loss, grad = loss_and_grad(flat, sizes, x, y)
+    loss16, grad16 = loss_and_grad(flat, sizes, x.bfloat16(), y, matmul_dtype=torch.bfloat16)
+    assert loss16.dtype == grad16.dtype == torch.float32
+    assert (loss16 - loss).abs().max() < 0.02 * loss.abs().max()
+    assert (grad16 - grad).norm() < 0.02 * grad.norm()
+
+
+@pytest.mark.parametrize("sizes", LAYOUTS)
+def test_loss_and_accuracy_equals_cross_entropy_and_argmax_accuracy(sizes):
+    gen = torch.Generator().manual_seed(4)
+    flat = init_weights(sizes, 5, init_std=0.7, bias_std=0.3, generator=gen)
+    flat[0] = 0.0  # constant logits: every class ties, argmax (and accuracy) takes class 0
+    x, y = torch.randn(50, sizes[0], generator=gen), torch.randint(0, sizes[-1], (50,), generator=gen)
+    loss, acc = loss_and_accuracy(flat, sizes, x, y, chunk=16)  # several chunks of examples
+    assert torch.allclose(loss, cross_entropy(flat, sizes, x, y), atol=1e-5)
+    assert torch.equal(acc, accuracy(flat, sizes, x, y))
+    assert acc[0] == (y == 0).float().mean()

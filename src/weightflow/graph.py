@@ -10,7 +10,10 @@ uses it in both directions.  The bias of a neuron is its node feature (input neu
 :class:`NeuralGraph` builds every index tensor once per architecture (as module buffers, so they follow
 ``.to(device)``).  A batch of ``B`` graphs is their disjoint union with node ids offset by ``b * N``
 (:meth:`NeuralGraph.tiled_edge_index`): node states are ``[B * N, d]`` and edge states ``[B * E, d]``, in the
-order of ``[B, N, d]`` / ``[B, E, d]``.
+order of ``[B, N, d]`` / ``[B, E, d]``.  The *layered* order (:meth:`NeuralGraph.layered_edge_order`) lists the
+same ``B * E`` edges layer by layer, each layer's as ``[n_l, B, n_{l-1}]`` (target, network, source): every layer
+is then a dense block that the fused NG-T kernels (:mod:`weightflow.models.layered`) reduce by matrix products
+instead of gathers and scatters.
 """
 
 from __future__ import annotations
@@ -99,6 +102,22 @@ class NeuralGraph(nn.Module):
         """``[2, B * E]``: the edges of ``B`` copies of the graph, copy ``b``'s node ids shifted by ``b * N``."""
         offsets = torch.arange(batch_size, device=self.edge_index.device) * self.num_nodes
         return (self.edge_index.unsqueeze(1) + offsets.view(1, -1, 1)).reshape(2, -1)
+
+    def layered_edge_order(self, batch_size: int) -> Tensor:
+        """Long ``[B * E]``: row ``r`` of the layered order is row ``order[r]`` of the ``[B * E]`` tiled order.
+
+        Layer ``l`` (``fan_in = n_{l-1}``, ``fan_out = n_l``) takes ``fan_out * B * fan_in`` consecutive rows,
+        ordered (target ``k``, network ``b``, source ``i``); its tiled row is ``b * E + w_l + k * fan_in + i`` with
+        ``w_l`` the layer's first edge.
+        """
+        device = self.edge_index.device
+        network = torch.arange(batch_size, device=device).view(1, -1, 1) * self.num_edges
+        parts, first = [], 0
+        for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
+            edge = first + torch.arange(fan_out * fan_in, device=device).view(fan_out, 1, fan_in)
+            parts.append((edge + network).reshape(-1))
+            first += fan_out * fan_in
+        return torch.cat(parts)
 
     def degree_histogram(self) -> Tensor:
         """Long ``[max_degree + 1]``: number of nodes of each degree (the ``deg`` that PNA's scalers normalize by)."""

@@ -6,22 +6,24 @@ object handed to paths, couplings, solvers and likelihoods; code never branches 
 
 :class:`ProductSpheres` is the manifold of canonical networks (:mod:`weightflow.canonical`)::
 
-    M = prod_{hidden l} prod_{k < n_l} S^{n_{l-1}-1}(1)  x  S^{n_L n_{L-1}-1}(R)  x  R^{#biases}
+    M = prod_{hidden l} prod_{k < n_l} S^{n_{l-1}-1}(1)  x  W_L-factor  x  R^{#biases}
 
 * each hidden neuron's incoming weight row ``W_l[k, :]`` is one unit sphere ``S^{fan_in-1}`` (one *factor*),
-* the whole last-layer matrix ``W_L`` (all ``n_L * n_{L-1}`` entries) is one sphere of radius ``R = last_radius``
-  (default ``sqrt(C)``, ``C`` = number of classes),
+* the last-layer matrix ``W_L`` is either Euclidean, ``R^{n_L n_{L-1}}`` (``last_layer='free'``: the
+  function-preserving canonical form, the default of the pipeline), or one sphere ``S^{n_L n_{L-1}-1}(R)`` of
+  radius ``R = last_radius`` (``last_layer='sphere'``: the thesis' form; default ``R = sqrt(C)``),
 * every bias is a Euclidean coordinate.
 
 The metric is the one induced by the flat ambient space ``R^D``, so tangent vectors are flat ``[..., D]``
 vectors, ``dist(x, y) = |log_x y|`` and the Riemannian volume is the product of the spheres' surface measures
-and Lebesgue measure on the biases.  The manifold has ``intrinsic_dim = D - num_factors`` dimensions (each
-sphere factor of ambient dimension ``d`` has dimension ``d - 1``); :attr:`Geometry.factor_dims` lists the
-ambient ``d`` of each factor, :attr:`Geometry.factor_index` says which factor each flat coordinate belongs to.
+and Lebesgue measure on the Euclidean coordinates.  The manifold has ``intrinsic_dim = D - num_factors``
+dimensions (each sphere factor of ambient dimension ``d`` has dimension ``d - 1``); :attr:`Geometry.factor_dims`
+lists the ambient ``d`` of each factor, :attr:`Geometry.factor_index` says which factor each flat coordinate
+belongs to.
 
-Internally each layer is a tensor ``[..., n_factors, d]`` (hidden: ``[..., n_out, fan_in]``; last layer:
-``[..., 1, n_out * fan_in]``) and every sphere operation is vectorized over networks and neurons; only the few
-layers are looped over.
+Internally each sphere layer is a tensor ``[..., n_factors, d]`` (hidden: ``[..., n_out, fan_in]``; a sphere
+last layer: ``[..., 1, n_out * fan_in]``) and every sphere operation is vectorized over networks and neurons;
+only the few layers are looped over.  The Euclidean coordinates are gathered into one ``[..., m]`` tensor.
 
 Numerics: geoopt's ``Sphere`` takes angles as ``acos`` of a clamped inner product, which in float32 cannot
 resolve angles below ~1e-2 rad, so ``log_{x_t}(x1) / (1 - t)`` built on it is wrong as ``t -> 1``.  Here
@@ -45,7 +47,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from weightflow.weights import MLPLayout, as_layout, flatten, unflatten
+from weightflow.names import CANONICAL_FORMS
+from weightflow.weights import MLPLayout, as_layout, unflatten
 
 __all__ = [
     "Geometry",
@@ -59,6 +62,7 @@ __all__ = [
     "sphere_interpolate",
     "sphere_transport",
     "sphere_log_area",
+    "GEOMETRY_CLASSES",
 ]
 
 
@@ -224,6 +228,11 @@ class Geometry(abc.ABC):
         return len(self.factor_dims)
 
     @property
+    def is_flat(self) -> bool:
+        """True for flat space (no sphere factor): ambient ODE solvers integrate it directly."""
+        return self.num_factors == 0
+
+    @property
     def intrinsic_dim(self) -> int:
         """Manifold dimension: ``D`` minus one per sphere factor."""
         return self.dim - self.num_factors
@@ -336,6 +345,11 @@ class Euclidean(Geometry):
         self.prior_std = float(prior_std)
         self.bias_prior_std = float(bias_prior_std)
 
+    @classmethod
+    def from_params(cls, layout: MLPLayout | Sequence[int], params: dict) -> "Euclidean":
+        """From a flow's path params: ``prior_std`` and ``bias_prior_std``."""
+        return cls(layout, params["prior_std"], params["bias_prior_std"])
+
     def _std(self, x: Tensor) -> Tensor:
         """``[D]`` prior std of each coordinate."""
         is_bias = self.layout.is_bias.to(x.device)
@@ -379,120 +393,153 @@ class Euclidean(Geometry):
 class ProductSpheres(Geometry):
     """Product of spheres of canonical ReLU networks (see the module docstring) with Euclidean biases.
 
+    ``last_layer`` says where the last layer's weight matrix ``W_L`` lives:
+
+    * ``'sphere'`` (the thesis' form): one sphere of radius ``last_radius`` (default ``sqrt(C)``) — the
+      canonical network computes the raw network's logits divided by ``s_L = |W_L|_F / R``;
+    * ``'free'`` (function-preserving form): ``W_L`` is Euclidean, like the biases — it absorbs the pushed
+      hidden scales and the canonical network computes exactly the raw network's logits.
+
     Prior: uniform on every sphere factor (density ``-log area`` w.r.t. the sphere's surface measure) times
-    ``N(0, bias_prior_std^2)`` on every bias.  ``last_radius`` (default ``sqrt(C)``) is the radius of the
-    last-layer sphere; hidden spheres have radius 1.  Used by the ``geometric`` flows.
+    ``N(0, bias_prior_std^2)`` on every bias and, with ``last_layer='free'``, ``N(0, weight_prior_std^2)`` on
+    every entry of ``W_L``.  Hidden spheres have radius 1.  Used by the ``normalized`` (prior only) and
+    ``geometric`` flows.
     """
 
     name = "product_spheres"
+    LAST_LAYER_FORMS = CANONICAL_FORMS
 
     def __init__(self, layout: MLPLayout | Sequence[int], last_radius: float | None = None,
-                 bias_prior_std: float = 1.0):
+                 bias_prior_std: float = 1.0, *, last_layer: str = "sphere", weight_prior_std: float = 1.0):
         super().__init__(layout)
         sizes = self.layout.layer_sizes
+        if last_layer not in self.LAST_LAYER_FORMS:
+            raise ValueError(f"last_layer must be one of {self.LAST_LAYER_FORMS}, got {last_layer!r}")
+        self.last_layer = last_layer
         self.last_radius = math.sqrt(sizes[-1]) if last_radius is None else float(last_radius)
         if not self.last_radius > 0:
             raise ValueError(f"last_radius must be > 0, got {last_radius}")
-        if not bias_prior_std > 0:
-            raise ValueError(f"bias_prior_std must be > 0, got {bias_prior_std}")
+        if not (bias_prior_std > 0 and weight_prior_std > 0):
+            raise ValueError(f"bias_prior_std and weight_prior_std must be > 0, got {bias_prior_std}, {weight_prior_std}")
         self.bias_prior_std = float(bias_prior_std)
+        self.weight_prior_std = float(weight_prior_std)
         L = self.layout.num_layers
-        # Per layer: (number of factors, ambient dimension of each, radius).
-        self._blocks_spec = [(sizes[l + 1], sizes[l], 1.0) for l in range(L - 1)]
-        self._blocks_spec.append((1, sizes[-1] * sizes[-2], self.last_radius))
-        small = [l for l, (_, d, _) in enumerate(self._blocks_spec) if d < 2]
+        # Per sphere layer: (layer, number of factors, ambient dimension of each, radius).
+        self._blocks_spec = [(l, sizes[l + 1], sizes[l], 1.0) for l in range(L - 1)]
+        if last_layer == "sphere":
+            self._blocks_spec.append((L - 1, 1, sizes[-1] * sizes[-2], self.last_radius))
+        small = [l for l, _, d, _ in self._blocks_spec if d < 2]
         if small:
             raise ValueError(
                 f"layer_sizes {list(sizes)}: layer(s) {small} have 1-dimensional incoming weights; "
                 "their 'sphere' S^0 is two points, which has no geodesics"
             )
-        self._log_area = sum(k * sphere_log_area(d, r) for k, d, r in self._blocks_spec)
+        self._log_area = sum(k * sphere_log_area(d, r) for _, k, d, r in self._blocks_spec)
+        # Flat coordinates of the sphere blocks (layer by layer, row-major) and of the Euclidean part; `_order`
+        # maps cat([block_1, ..., block_S, euclid]) back to the flat layout.
+        sphere_index = torch.cat([torch.arange(self.layout.offsets[l][0], self.layout.offsets[l][1])
+                                  for l, _, _, _ in self._blocks_spec]) if self._blocks_spec else torch.zeros(0, dtype=torch.long)
+        is_sphere = torch.zeros(self.dim, dtype=torch.bool)
+        is_sphere[sphere_index] = True
+        self._euclid_index = torch.nonzero(~is_sphere).squeeze(1)
+        order = torch.empty(self.dim, dtype=torch.long)
+        order[torch.cat([sphere_index, self._euclid_index])] = torch.arange(self.dim)
+        self._order = order
+        is_bias = self.layout.is_bias[self._euclid_index]
+        self._euclid_std = torch.full(is_bias.shape, self.weight_prior_std, dtype=torch.float64)
+        self._euclid_std[is_bias] = self.bias_prior_std
+
+    @classmethod
+    def from_params(cls, layout: MLPLayout | Sequence[int], params: dict) -> "ProductSpheres":
+        """From a flow's path params: ``last_radius``, ``bias_prior_std``, ``last_layer`` (default ``'sphere'``)
+        and ``prior_std`` (the Gaussian prior of a free last layer)."""
+        return cls(layout, params.get("last_radius"), params["bias_prior_std"],
+                   last_layer=params.get("last_layer", "sphere"), weight_prior_std=params["prior_std"])
 
     # --- factors -----------------------------------------------------------------------------------------
     @property
     def factor_dims(self) -> tuple[int, ...]:
-        return tuple(d for k, d, _ in self._blocks_spec for _ in range(k))
+        return tuple(d for _, k, d, _ in self._blocks_spec for _ in range(k))
 
     @property
     def factor_radii(self) -> tuple[float, ...]:
-        return tuple(r for k, _, r in self._blocks_spec for _ in range(k))
+        return tuple(r for _, k, _, r in self._blocks_spec for _ in range(k))
 
     @property
     def factor_index(self) -> Tensor:
         index = torch.full((self.dim,), -1, dtype=torch.long)
         first = 0
-        for (k, d, _), (w_start, b_start, _) in zip(self._blocks_spec, self.layout.offsets):
+        for l, k, d, _ in self._blocks_spec:
+            w_start, b_start, _ = self.layout.offsets[l]
             index[w_start:b_start] = torch.arange(first, first + k).repeat_interleave(d)
             first += k
         return index
 
     @property
     def factor_layers(self) -> Tensor:
-        return torch.cat([torch.full((k,), l, dtype=torch.long) for l, (k, _, _) in enumerate(self._blocks_spec)])
+        if not self._blocks_spec:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.cat([torch.full((k,), l, dtype=torch.long) for l, k, _, _ in self._blocks_spec])
 
-    def _split(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Views: per layer the sphere block ``[..., k, d]`` (in units of its radius: divide by ``r`` yourself)
-        and the bias ``[..., n_out]``."""
+    def _split(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Views of the sphere blocks ``[..., k, d]`` (in units of their radius: divide by ``r`` yourself), one per
+        sphere layer, and the Euclidean coordinates ``[..., m]`` (biases; ``W_L`` too when it is free)."""
         layers = unflatten(x, self.layout)
-        blocks = [w for w, _ in layers[:-1]] + [layers[-1][0].flatten(-2).unsqueeze(-2)]
-        return blocks, [b for _, b in layers]
+        blocks = [layers[l][0].reshape(*x.shape[:-1], k, d) for l, k, d, _ in self._blocks_spec]
+        return blocks, x.index_select(-1, self._euclid_index.to(x.device))
 
-    def _join(self, blocks: list[Tensor], biases: list[Tensor]) -> Tensor:
+    def _join(self, blocks: list[Tensor], euclid: Tensor) -> Tensor:
         """Inverse of :meth:`_split`."""
-        fan_out, fan_in = self.layout.layer_sizes[-1], self.layout.layer_sizes[-2]
-        weights = blocks[:-1] + [blocks[-1].squeeze(-2).unflatten(-1, (fan_out, fan_in))]
-        return flatten(zip(weights, biases))
+        parts = [b.flatten(-2) for b in blocks] + [euclid]
+        return torch.cat(parts, dim=-1).index_select(-1, self._order.to(euclid.device))
 
-    def _map(self, sphere_fn: Callable[..., Tensor], bias_fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
-        """Apply ``sphere_fn`` to every layer's blocks (scaled to unit radius, result scaled back by ``r``) and
-        ``bias_fn`` to its biases; ``xs`` are flat ``[..., D]`` tensors."""
+    def _map(self, sphere_fn: Callable[..., Tensor], euclid_fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
+        """Apply ``sphere_fn`` to every sphere block (scaled to unit radius, result scaled back by ``r``) and
+        ``euclid_fn`` to the Euclidean coordinates; ``xs`` are flat ``[..., D]`` tensors."""
         parts = [self._split(x) for x in xs]
-        blocks, biases = [], []
-        for l, (_, _, r) in enumerate(self._blocks_spec):
-            blocks.append(r * sphere_fn(*[p[0][l] / r for p in parts]))
-            biases.append(bias_fn(*[p[1][l] for p in parts]))
-        return self._join(blocks, biases)
+        blocks = [r * sphere_fn(*[p[0][i] / r for p in parts]) for i, (_, _, _, r) in enumerate(self._blocks_spec)]
+        return self._join(blocks, euclid_fn(*[p[1] for p in parts]))
 
     def factor_norms(self, x: Tensor) -> Tensor:
         blocks, _ = self._split(x)
+        if not blocks:
+            return x.new_zeros(*x.shape[:-1], 0)
         return torch.cat([b.norm(dim=-1) for b in blocks], dim=-1)
 
     # --- geometry ----------------------------------------------------------------------------------------
     def project(self, x: Tensor) -> Tensor:
-        """Normalize every sphere factor to its radius (a zero factor becomes ``r e_1``); biases unchanged."""
-        return self._map(sphere_project, lambda b: b, x)
+        """Normalize every sphere factor to its radius (a zero factor becomes ``r e_1``); the rest unchanged."""
+        return self._map(sphere_project, lambda e: e, x)
 
     def proj_tangent(self, x: Tensor, v: Tensor) -> Tensor:
         """Remove from every sphere factor of ``v`` its component along ``x``'s factor (differentiable).
 
         ``x`` need not be exactly on the manifold: its factors are normalized first.
         """
-        return self._map(lambda xb, vb: sphere_proj_tangent(sphere_project(xb), vb), lambda xb, vb: vb, x, v)
+        return self._map(lambda xb, vb: sphere_proj_tangent(sphere_project(xb), vb), lambda xe, ve: ve, x, v)
 
     def exp(self, x: Tensor, v: Tensor) -> Tensor:
-        """Exponential map per factor (``v`` projected onto ``T_x`` first); biases ``b + v_b``."""
-        return self._map(sphere_exp, lambda xb, vb: xb + vb, x, v)
+        """Exponential map per factor (``v`` projected onto ``T_x`` first); Euclidean part ``x_e + v_e``."""
+        return self._map(sphere_exp, lambda xe, ve: xe + ve, x, v)
 
     def log(self, x: Tensor, y: Tensor) -> Tensor:
-        """Logarithm map per factor (``theta e``, atan2 angle, antipodal fallback); biases ``y_b - x_b``."""
-        return self._map(sphere_log, lambda xb, yb: yb - xb, x, y)
+        """Logarithm map per factor (``theta e``, atan2 angle, antipodal fallback); Euclidean part ``y_e - x_e``."""
+        return self._map(sphere_log, lambda xe, ye: ye - xe, x, y)
 
     def interpolate(self, x0: Tensor, x1: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        """Geodesic ``x_t`` and its exact velocity ``u_t = d/dt x_t`` (closed form per factor)."""
+        """Geodesic ``x_t`` and its exact velocity ``u_t = d/dt x_t`` (closed form per factor, linear elsewhere)."""
         tt = _times(t, x0)
-        (b0, c0), (b1, c1) = self._split(x0), self._split(x1)
-        xs, us, bx, bu = [], [], [], []
-        for l, (_, _, r) in enumerate(self._blocks_spec):
-            x_t, u_t = sphere_interpolate(b0[l] / r, b1[l] / r, tt[..., None, None])
+        (b0, e0), (b1, e1) = self._split(x0), self._split(x1)
+        xs, us = [], []
+        for i, (_, _, _, r) in enumerate(self._blocks_spec):
+            x_t, u_t = sphere_interpolate(b0[i] / r, b1[i] / r, tt[..., None, None])
             xs.append(r * x_t)
             us.append(r * u_t)
-            bx.append(c0[l] + tt[..., None] * (c1[l] - c0[l]))
-            bu.append(c1[l] - c0[l])
-        return self._join(xs, bx), self._join(us, bu)
+        return self._join(xs, e0 + tt[..., None] * (e1 - e0)), self._join(us, e1 - e0)
 
     def transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
-        """Parallel transport of ``v in T_x M`` to ``T_y M`` along the geodesic (per factor; biases unchanged)."""
-        return self._map(sphere_transport, lambda xb, yb, vb: vb, x, y, v)
+        """Parallel transport of ``v in T_x M`` to ``T_y M`` along the geodesic (per factor; Euclidean part unchanged)."""
+        return self._map(sphere_transport, lambda xe, ye, ve: ve, x, y, v)
 
     def pairwise_sq_dist(self, x: Tensor, y: Tensor) -> Tensor:
         """``[B1, B2]`` squared geodesic distances of ``x [B1, D]`` and ``y [B2, D]`` (an OT cost).
@@ -500,28 +547,32 @@ class ProductSpheres(Geometry):
         Computed in float64 from inner products: ``theta = acos(<x_k, y_k>)`` per factor, accurate to about
         ``1e-8`` rad (enough for costs; use :meth:`dist` for exact small distances).
         """
-        (bx, cx), (by, cy) = self._split(x.double()), self._split(y.double())
+        (bx, ex), (by, ey) = self._split(x.double()), self._split(y.double())
         total = torch.zeros(x.shape[0], y.shape[0], dtype=torch.float64, device=x.device)
-        for l, (_, _, r) in enumerate(self._blocks_spec):
-            ux, uy = sphere_project(bx[l]), sphere_project(by[l])
+        for i, (_, _, _, r) in enumerate(self._blocks_spec):
+            ux, uy = sphere_project(bx[i]), sphere_project(by[i])
             cos = torch.einsum("ikd,jkd->ijk", ux, uy).clamp(-1.0, 1.0)
             total += r**2 * (torch.arccos(cos) ** 2).sum(-1)
-            total += ((cx[l][:, None, :] - cy[l][None, :, :]) ** 2).sum(-1)
+        total += ((ex**2).sum(-1)[:, None] + (ey**2).sum(-1)[None, :] - 2.0 * ex @ ey.T).clamp_min(0)
         return total.to(x.dtype)
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None, *, device=None,
                      dtype: torch.dtype = torch.float32) -> Tensor:
-        """``[n, D]``: uniform on each sphere factor (normalized Gaussians), ``N(0, bias_prior_std^2)`` biases."""
+        """``[n, D]``: uniform on each sphere factor (normalized Gaussians), Gaussian Euclidean coordinates."""
         z = _randn(n, self.dim, generator, device, dtype)
-        return self._map(sphere_project, lambda b: self.bias_prior_std * b, z)
+        return self._map(sphere_project, lambda e: e * self._euclid_std.to(e.device, e.dtype), z)
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
-        """``[...]``: ``-sum_k log area(S_k)`` plus the Gaussian log-density of the biases (w.r.t. the volume
-        of ``M``); ``x`` is assumed to lie on ``M``."""
-        biases = x[..., self.layout.is_bias.to(x.device)]
-        std = torch.tensor(self.bias_prior_std, dtype=x.dtype, device=x.device)
-        return _gaussian_log_prob(biases, std) - self._log_area
+        """``[...]``: ``-sum_k log area(S_k)`` plus the Gaussian log-density of the Euclidean coordinates
+        (w.r.t. the volume of ``M``); ``x`` is assumed to lie on ``M``."""
+        euclid = x.index_select(-1, self._euclid_index.to(x.device))
+        return _gaussian_log_prob(euclid, self._euclid_std.to(x.device, x.dtype)) - self._log_area
 
     def __repr__(self) -> str:
-        return (f"ProductSpheres(layer_sizes={list(self.layout.layer_sizes)}, last_radius={self.last_radius:g}, "
-                f"bias_prior_std={self.bias_prior_std:g})")
+        radius = f"last_radius={self.last_radius:g}, " if self.last_layer == "sphere" else ""
+        return (f"ProductSpheres(layer_sizes={list(self.layout.layer_sizes)}, last_layer={self.last_layer!r}, "
+                f"{radius}bias_prior_std={self.bias_prior_std:g})")
+
+
+# Geometry classes by the kind name a flow's path table (weightflow.flow.spec.GEOMETRIES) refers to.
+GEOMETRY_CLASSES: dict[str, type[Geometry]] = {"euclidean": Euclidean, "spheres": ProductSpheres}

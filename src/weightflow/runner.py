@@ -13,17 +13,18 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
 from weightflow.utils import keep_freed_memory
 
-__all__ = ["StageJob", "run_stage", "resolve_stage"]
+__all__ = ["StageJob", "run_stage", "resolve_stage", "benchmark_seconds"]
 
 log = logging.getLogger("weightflow")
 
@@ -94,3 +95,18 @@ def run_stage(stage: str, job: StageJob, log_file: str | Path | None = None) -> 
         log.info("stage %s finished in %.1f s", stage, time.perf_counter() - start)
     if log_file is not None:
         print(f"weightflow: {stage} {job.wildcards} done (log: {log_file})", file=sys.stderr)
+
+
+def benchmark_seconds(paths: Iterable[str | Path]) -> tuple[float, float]:
+    """``(cpu seconds, wall seconds)`` summed over Snakemake benchmark files (columns ``cpu_time`` — all threads —
+    and ``s``; the mean over a file's repeats); NaN when one is missing (e.g. its job ran in another directory)."""
+    import pandas as pd
+
+    cpu = wall = 0.0
+    for path in paths:
+        if not Path(path).is_file():
+            return math.nan, math.nan
+        frame = pd.read_csv(path, sep="\t")
+        cpu += float(frame["cpu_time"].mean())
+        wall += float(frame["s"].mean())
+    return cpu, wall

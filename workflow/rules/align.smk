@@ -2,15 +2,13 @@
 
 rule align:
     input:
-        weights="results/{experiment}/ensemble/weights.pt",
+        weights=results.ensemble_weights("{experiment}"),
     output:
-        weights="results/{experiment}/aligned/{reference}/weights.pt",
+        weights=results.aligned_weights("{experiment}", "{reference}"),
     log:
         "results/{experiment}/logs/align/{reference}.log",
     benchmark:
         "results/{experiment}/benchmarks/align/{reference}.tsv"
-    wildcard_constraints:
-        reference=r"ref[0-9]+|medoid",
     threads: 1  # small batched tensors: a second thread only adds synchronization
     params:
         stage="weightflow.align.references.align_stage",
@@ -23,16 +21,14 @@ rule align:
 
 rule loss_barriers:
     input:
-        ensemble="results/{experiment}/ensemble/weights.pt",
-        aligned="results/{experiment}/aligned/{reference}/weights.pt",
+        ensemble=results.ensemble_weights("{experiment}"),
+        aligned=results.aligned_weights("{experiment}", "{reference}"),
     output:
         csv="results/{experiment}/barriers/{reference}.csv",
     log:
         "results/{experiment}/logs/loss_barriers/{reference}.log",
     benchmark:
         "results/{experiment}/benchmarks/loss_barriers/{reference}.tsv"
-    wildcard_constraints:
-        reference=r"ref[0-9]+|medoid",
     threads: 1  # small batched tensors: a second thread only adds synchronization
     params:
         stage="weightflow.barriers.barriers_stage",
@@ -71,9 +67,4 @@ rule plot_loss_barriers:
         "../scripts/stage.py"
 
 
-ALL_TARGETS.extend(
-    expand(
-        "results/{experiment}/figures/loss_barriers.pdf",
-        experiment=[e for e in EXPERIMENTS if config["experiments"][e]["dataset"] != "gaussian"],
-    )
-)
+ALL_TARGETS.extend(f"results/{e}/figures/loss_barriers.pdf" for e in EXPERIMENTS if evaluated(e))

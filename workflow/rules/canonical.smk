@@ -1,22 +1,19 @@
-# ReLU-scale canonicalization: every (aligned or unaligned) network becomes one point of the product of spheres.
+# ReLU-scale canonicalization: every (aligned or unaligned) network becomes one point of the product of spheres, in
+# the function-preserving form (free last layer) or the thesis' form (last layer on a sphere): the {form} wildcard.
 
 
 rule canonical:
     input:
         # the aligned weights for a reference name; the raw ensemble for reference `none` (the unaligned flows)
-        weights=lambda w: (
-            f"results/{w.experiment}/ensemble/weights.pt"
-            if w.reference == "none"
-            else f"results/{w.experiment}/aligned/{w.reference}/weights.pt"
-        ),
+        weights=lambda w: results.aligned_or_raw_weights(w.experiment, w.reference),
     output:
-        weights="results/{experiment}/canonical/{reference}/weights.pt",
+        weights=results.canonical_weights("{experiment}", "{form}", "{reference}"),
     log:
-        "results/{experiment}/logs/canonical/{reference}.log",
+        "results/{experiment}/logs/canonical/{form}/{reference}.log",
     benchmark:
-        "results/{experiment}/benchmarks/canonical/{reference}.tsv"
+        "results/{experiment}/benchmarks/canonical/{form}/{reference}.tsv"
     wildcard_constraints:
-        reference="[A-Za-z0-9_]+",
+        reference=f"none|{REFERENCE_PATTERN}",
     params:
         stage="weightflow.canonical.canonical_stage",
         cfg=exp_params("canonical"),
@@ -28,11 +25,12 @@ rule canonical:
 
 rule plot_canonical_geometry:
     input:
-        # canonical weights of the unaligned ensemble and of every alignment reference, named by reference
+        # canonical weights (thesis form: every layer on spheres) of the unaligned ensemble and of every
+        # alignment reference, named by reference
         unpack(
             lambda w: {
-                ref: f"results/{w.experiment}/canonical/{ref}/weights.pt"
-                for ref in ["none", *config["experiments"][w.experiment]["alignment"]["references"]]
+                ref: results.canonical_weights(w.experiment, "sphere", ref)
+                for ref in ["none", *alignment_references(w.experiment)]
             }
         ),
     output:
@@ -56,9 +54,4 @@ rule plot_canonical_geometry:
         "../scripts/stage.py"
 
 
-ALL_TARGETS.extend(
-    expand(
-        "results/{experiment}/figures/canonical_geometry.pdf",
-        experiment=[e for e in EXPERIMENTS if config["experiments"][e]["dataset"] != "gaussian"],
-    )
-)
+ALL_TARGETS.extend(f"results/{e}/figures/canonical_geometry.pdf" for e in EXPERIMENTS if evaluated(e))

@@ -1,8 +1,14 @@
-# Shared helpers for every rules file: the experiment config, consistency checks, the target list.
-from weightflow.config import check_config, experiment_params
+# Shared helpers for every rules file: the experiment config, consistency checks, the target list, file paths.
+import yaml
+
+from weightflow import results
+from weightflow.config import check_config, check_flows, experiment_params, flow_params, flow_representation
 from weightflow.flow.spec import FLOW_ID_PATTERN, FlowSpec
+from weightflow.names import CANONICAL_FORMS, ENSEMBLE_STAGES, GRAPH_MODELS, REFERENCE_PATTERN
 
 check_config(config)
+# variants: each merged section is validated against the schema of its section
+check_flows(config, yaml.safe_load(open(workflow.source_path("../../config/schema.yaml"))))
 
 # The conda env of every rule (for `--sdm conda`); relative to workflow/rules/.
 CONDA_ENV = "../../envs/weightflow.yaml"
@@ -22,26 +28,64 @@ def exp_params(*sections):
     return params
 
 
+def flow_exp_params(*sections):
+    """Like :func:`exp_params`, for rules with a ``{flow}`` wildcard; the flow's variant overrides its sections."""
+
+    def params(wildcards):
+        return flow_params(config, wildcards.experiment, wildcards.flow, sections)
+
+    return params
+
+
 wildcard_constraints:
     experiment="|".join(EXPERIMENTS),
+    reference=REFERENCE_PATTERN,
+    form="|".join(CANONICAL_FORMS),
+
+
+def experiment_config(experiment):
+    return config["experiments"][experiment]
+
+
+def has_data(experiment):
+    """Experiments with data to score networks on (the Gaussian sanity experiment has none)."""
+    return experiment_config(experiment)["dataset"] != "gaussian"
+
+
+def evaluated(experiment):
+    """Experiments with tables and figures of their own (evaluation.enabled; baseline experiments have none)."""
+    return has_data(experiment) and experiment_config(experiment)["evaluation"]["enabled"]
 
 
 def alignment_references(experiment):
     """The experiment's reference names (config alignment.references)."""
-    return config["experiments"][experiment]["alignment"]["references"]
+    return experiment_config(experiment)["alignment"]["references"]
 
 
 def flow_ids(experiment):
     """The experiment's flow ids (config flows)."""
-    return config["experiments"][experiment]["flows"]
+    return experiment_config(experiment)["flows"]
 
 
-def flow_samplers(experiment):
-    """The experiment's sampler names (config sampling.samplers)."""
-    return list(config["experiments"][experiment]["sampling"]["samplers"])
+def flow_form(experiment, flow):
+    """The canonical form (free | sphere) a flow uses: its effective canonical.last_layer."""
+    return flow_params(config, experiment, flow, ("canonical",))["canonical"]["last_layer"]
 
 
-def loglik_samples(experiment, flow):
-    """The samples file of the flow's main sampler (config sampling.main)."""
-    main = config["experiments"][experiment]["sampling"]["main"]
-    return f"results/{experiment}/flows/{flow}/samples/{main}.pt"
+def flow_data(wildcards):
+    """The weights file flow {flow} trains on."""
+    spec = FlowSpec.parse(wildcards.flow)
+    return spec.data_path(wildcards.experiment, flow_form(wildcards.experiment, wildcards.flow))
+
+
+def flow_samples(experiment, flow):
+    """The flow's sample candidates and its selection (its own samples = the `main` selection)."""
+    return {"candidates": results.flow_samples(experiment, flow, "candidates"),
+            "selection": results.flow_selection(experiment, flow)}
+
+
+def same_representation(wildcards):
+    """The other flows of the experiment that model the same networks as {flow} (flow_representation)."""
+    mine = flow_representation(config, wildcards.experiment, wildcards.flow)
+    return [f for f in flow_ids(wildcards.experiment)
+            if f != wildcards.flow and flow_representation(config, wildcards.experiment, f) == mine]

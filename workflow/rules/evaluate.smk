@@ -1,20 +1,38 @@
-# Evaluation: metrics, BMA curves, calibration, diversity of every source of networks; the samples table and
-# the figures bma, calibration, diversity, steps (one rule each, so each regenerates alone); the samplers table
-# (every flow's samples from every sampler).
-# Sources: ensemble (snapshots: the flows' target), deep_ensemble (final weights per run), sgld (the ensemble of
-# the experiment named in evaluation.sgld) and every flow id (its samples from sampling.main).
+# Evaluation: choose each flow's samplers on the validation split (select_sampler), score every source of networks
+# (evaluate_networks), the samples / samplers / selection tables, the figures bma, calibration, diversity, steps.
+# Sources (evaluate_inputs.smk): the flows' own samples, the baselines, each guided sample set and its control.
 
 include: "evaluate_inputs.smk"
 
 
+rule select_sampler:
+    input:
+        model=results.flow_model("{experiment}", "{flow}"),
+    output:
+        candidates=results.flow_samples("{experiment}", "{flow}", "candidates"),
+        selection=results.flow_selection("{experiment}", "{flow}"),
+    log:
+        "results/{experiment}/logs/select_sampler/{flow}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/select_sampler/{flow}.tsv"
+    threads: 1
+    params:
+        stage="weightflow.evaluate.stages.select_stage",
+        cfg=exp_params("sampling"),
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/stage.py"
+
+
 rule evaluate_networks:
     input:
-        weights=evaluation_weights,
+        unpack(evaluation_inputs),
     output:
-        networks="results/{experiment}/evaluation/{source}/networks.csv",
-        bma="results/{experiment}/evaluation/{source}/bma.csv",
-        reliability="results/{experiment}/evaluation/{source}/reliability.csv",
-        summary="results/{experiment}/evaluation/{source}/summary.json",
+        networks=results.evaluation_file("{experiment}", "{source}", "networks.csv"),
+        bma=results.evaluation_file("{experiment}", "{source}", "bma.csv"),
+        reliability=results.evaluation_file("{experiment}", "{source}", "reliability.csv"),
+        summary=results.evaluation_file("{experiment}", "{source}", "summary.json"),
     log:
         "results/{experiment}/logs/evaluate_networks/{source}.log",
     benchmark:
@@ -23,59 +41,6 @@ rule evaluate_networks:
         source=SOURCE_PATTERN,
     params:
         stage="weightflow.evaluate.stages.evaluate_stage",
-        cfg=exp_params("evaluation", "canonical"),
-    conda:
-        CONDA_ENV
-    script:
-        "../scripts/stage.py"
-
-
-rule samples_table:
-    input:
-        summaries=evaluation_files("summary.json"),
-    output:
-        csv=report(
-            "results/{experiment}/tables/samples.csv",
-            caption="../report/samples_table.rst",
-            category="{experiment}",
-            subcategory="Tables",
-        ),
-        tex="results/{experiment}/tables/samples.tex",
-    log:
-        "results/{experiment}/logs/samples_table.log",
-    benchmark:
-        "results/{experiment}/benchmarks/samples_table.tsv"
-    params:
-        stage="weightflow.evaluate.stages.table_stage",
-        cfg=exp_params("evaluation", "canonical"),
-    conda:
-        CONDA_ENV
-    script:
-        "../scripts/stage.py"
-
-
-rule samplers_table:
-    input:
-        samples=lambda wc: expand(
-            "results/{experiment}/flows/{flow}/samples/{sampler}.pt",
-            experiment=wc.experiment,
-            flow=flow_ids(wc.experiment),
-            sampler=flow_samplers(wc.experiment),
-        ),
-    output:
-        csv=report(
-            "results/{experiment}/tables/samplers.csv",
-            caption="../report/samplers_table.rst",
-            category="{experiment}",
-            subcategory="Tables",
-        ),
-        tex="results/{experiment}/tables/samplers.tex",
-    log:
-        "results/{experiment}/logs/samplers_table.log",
-    benchmark:
-        "results/{experiment}/benchmarks/samplers_table.tsv"
-    params:
-        stage="weightflow.evaluate.stages.samplers_stage",
         cfg=exp_params("evaluation"),
     conda:
         CONDA_ENV
@@ -83,82 +48,47 @@ rule samplers_table:
         "../scripts/stage.py"
 
 
-rule plot_bma:
-    input:
-        bma=evaluation_files("bma.csv"),
-    output:
-        pdf=report(
-            "results/{experiment}/figures/bma.pdf",
-            caption="../report/bma.rst",
-            category="{experiment}",
-            subcategory="Evaluation",
-        ),
-        png="results/{experiment}/figures/bma.png",
-    log:
-        "results/{experiment}/logs/plot_bma.log",
-    benchmark:
-        "results/{experiment}/benchmarks/plot_bma.tsv"
-    params:
-        stage="weightflow.plots.evaluation.bma_stage",
-        cfg=exp_params("evaluation", "canonical"),
-    conda:
-        CONDA_ENV
-    script:
-        "../scripts/stage.py"
+# The tables: each reads only small per-source / per-flow files.
+TABLES = {
+    "samples": dict(stage="table_stage", input=lambda: {"summaries": evaluation_files("summary.json")}),
+    "samplers": dict(stage="samplers_stage", input=lambda: {
+        "candidates": lambda wc: [flow_samples(wc.experiment, f)["candidates"] for f in flow_ids(wc.experiment)],
+        "selections": lambda wc: [flow_samples(wc.experiment, f)["selection"] for f in flow_ids(wc.experiment)]}),
+    "selection": dict(stage="selection_table_stage", input=lambda: {
+        "selections": lambda wc: [flow_samples(wc.experiment, f)["selection"] for f in flow_ids(wc.experiment)]}),
+}
+for _name, _table in TABLES.items():
 
-
-rule plot_calibration:
-    input:
-        reliability=evaluation_files("reliability.csv"),
-        summaries=evaluation_files("summary.json"),
-    output:
-        pdf=report(
-            "results/{experiment}/figures/calibration.pdf",
-            caption="../report/calibration.rst",
-            category="{experiment}",
-            subcategory="Evaluation",
-        ),
-        png="results/{experiment}/figures/calibration.png",
-    log:
-        "results/{experiment}/logs/plot_calibration.log",
-    benchmark:
-        "results/{experiment}/benchmarks/plot_calibration.tsv"
-    params:
-        stage="weightflow.plots.evaluation.calibration_stage",
-        cfg=exp_params("evaluation", "canonical"),
-    conda:
-        CONDA_ENV
-    script:
-        "../scripts/stage.py"
-
-
-rule plot_diversity:
-    input:
-        summaries=evaluation_files("summary.json"),
-    output:
-        pdf=report(
-            "results/{experiment}/figures/diversity.pdf",
-            caption="../report/diversity.rst",
-            category="{experiment}",
-            subcategory="Evaluation",
-        ),
-        png="results/{experiment}/figures/diversity.png",
-    log:
-        "results/{experiment}/logs/plot_diversity.log",
-    benchmark:
-        "results/{experiment}/benchmarks/plot_diversity.tsv"
-    params:
-        stage="weightflow.plots.evaluation.diversity_stage",
-        cfg=exp_params("evaluation", "canonical"),
-    conda:
-        CONDA_ENV
-    script:
-        "../scripts/stage.py"
+    rule:
+        name:
+            f"{_name}_table"
+        input:
+            **_table["input"](),
+        output:
+            csv=report(
+                f"results/{{experiment}}/tables/{_name}.csv",
+                caption=f"../report/{_name}_table.rst",
+                category="{experiment}",
+                subcategory="Tables",
+            ),
+            tex=f"results/{{experiment}}/tables/{_name}.tex",
+        log:
+            f"results/{{experiment}}/logs/{_name}_table.log",
+        benchmark:
+            f"results/{{experiment}}/benchmarks/{_name}_table.tsv"
+        params:
+            stage=f"weightflow.evaluate.stages.{_table['stage']}",
+            cfg=exp_params("evaluation"),
+        conda:
+            CONDA_ENV
+        script:
+            "../scripts/stage.py"
 
 
 rule evaluate_steps:
     input:
-        model="results/{experiment}/flows/{flow}/model.pt",
+        model=results.flow_model("{experiment}", "{flow}"),
+        selection=results.flow_selection("{experiment}", "{flow}"),
     output:
         csv="results/{experiment}/evaluation/steps/{flow}.csv",
     log:
@@ -167,54 +97,115 @@ rule evaluate_steps:
         "results/{experiment}/benchmarks/evaluate_steps/{flow}.tsv"
     wildcard_constraints:
         flow=FLOW_ID_PATTERN,
-    threads: 2
+    threads: 1
     params:
         stage="weightflow.evaluate.stages.steps_stage",
-        cfg=exp_params("evaluation", "canonical"),
+        cfg=exp_params("evaluation"),
     conda:
         CONDA_ENV
     script:
         "../scripts/stage.py"
 
 
-rule plot_steps:
+# The figures: the flows' own samples and the baselines drawn in figures (bma, calibration, diversity); the
+# quality-vs-steps curves of evaluation.steps_flows (steps).
+FIGURES = {
+    "bma": dict(stage="bma_stage", input=lambda: {"bma": evaluation_files("bma.csv", figure_sources)}),
+    "calibration": dict(stage="calibration_stage", input=lambda: {
+        "reliability": evaluation_files("reliability.csv", figure_sources),
+        "summaries": evaluation_files("summary.json", figure_sources)}),
+    "diversity": dict(stage="diversity_stage", input=lambda: {
+        "summaries": evaluation_files("summary.json", figure_sources)}),
+    "steps": dict(stage="steps_stage", input=lambda: {
+        "steps": lambda wc: [f"results/{wc.experiment}/evaluation/steps/{f}.csv" for f in steps_flows(wc.experiment)],
+        "metrics": "results/{experiment}/ensemble/metrics.csv"}),
+}
+for _name, _figure in FIGURES.items():
+
+    rule:
+        name:
+            f"plot_{_name}"
+        input:
+            **_figure["input"](),
+        output:
+            pdf=report(
+                f"results/{{experiment}}/figures/{_name}.pdf",
+                caption=f"../report/{_name}.rst",
+                category="{experiment}",
+                subcategory="Evaluation",
+            ),
+            png=f"results/{{experiment}}/figures/{_name}.png",
+        log:
+            f"results/{{experiment}}/logs/plot_{_name}.log",
+        benchmark:
+            f"results/{{experiment}}/benchmarks/plot_{_name}.tsv"
+        params:
+            stage=f"weightflow.plots.evaluation.{_figure['stage']}",
+            cfg=exp_params("evaluation"),
+        conda:
+            CONDA_ENV
+        script:
+            "../scripts/stage.py"
+
+
+rule fidelity_table:
     input:
-        steps=lambda wildcards: expand(
-            "results/{experiment}/evaluation/steps/{flow}.csv",
-            experiment=wildcards.experiment,
-            flow=steps_flows(wildcards.experiment),
+        unpack(fidelity_inputs),
+    output:
+        csv=report(
+            "results/{experiment}/tables/fidelity.csv",
+            caption="../report/fidelity_table.rst",
+            category="{experiment}",
+            subcategory="Tables",
         ),
-        metrics="results/{experiment}/ensemble/metrics.csv",
+        tex="results/{experiment}/tables/fidelity.tex",
+    log:
+        "results/{experiment}/logs/fidelity_table.log",
+    benchmark:
+        "results/{experiment}/benchmarks/fidelity_table.tsv"
+    params:
+        stage="weightflow.evaluate.stages.fidelity_stage",
+        cfg=exp_params("evaluation"),
+        sources=lambda wc: fidelity_params(wc)["sources"],
+        reference=lambda wc: fidelity_params(wc)["reference"],
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/stage.py"
+
+
+rule plot_fidelity:
+    input:
+        table="results/{experiment}/tables/fidelity.csv",
     output:
         pdf=report(
-            "results/{experiment}/figures/steps.pdf",
-            caption="../report/steps.rst",
+            "results/{experiment}/figures/fidelity.pdf",
+            caption="../report/fidelity.rst",
             category="{experiment}",
             subcategory="Evaluation",
         ),
-        png="results/{experiment}/figures/steps.png",
+        png="results/{experiment}/figures/fidelity.png",
     log:
-        "results/{experiment}/logs/plot_steps.log",
+        "results/{experiment}/logs/plot_fidelity.log",
     benchmark:
-        "results/{experiment}/benchmarks/plot_steps.tsv"
+        "results/{experiment}/benchmarks/plot_fidelity.tsv"
     params:
-        stage="weightflow.plots.evaluation.steps_stage",
-        cfg=exp_params("evaluation", "canonical"),
+        stage="weightflow.plots.fidelity.fidelity_figure_stage",
+        cfg=exp_params(),
     conda:
         CONDA_ENV
     script:
         "../scripts/stage.py"
 
 
-for _e in evaluated_experiments():
-    ALL_TARGETS.extend(
-        expand(
-            "results/{experiment}/{target}",
-            experiment=_e,
-            target=["tables/samples.csv", "figures/bma.pdf", "figures/calibration.pdf", "figures/diversity.pdf"],
-        )
-    )
+for _e in EXPERIMENTS:
+    if not evaluated(_e):
+        continue
+    if experiment_config(_e)["evaluation"]["reference_posterior"]:
+        ALL_TARGETS.extend(f"results/{_e}/{t}" for t in ("tables/fidelity.csv", "figures/fidelity.pdf"))
+    ALL_TARGETS.extend(f"results/{_e}/{t}" for t in ("tables/samples.csv", "figures/bma.pdf",
+                                                    "figures/calibration.pdf", "figures/diversity.pdf"))
     if flow_ids(_e):
-        ALL_TARGETS.append(f"results/{_e}/tables/samplers.csv")
+        ALL_TARGETS.extend(f"results/{_e}/tables/{t}.csv" for t in ("samplers", "selection"))
     if steps_flows(_e):
         ALL_TARGETS.append(f"results/{_e}/figures/steps.pdf")

@@ -1,15 +1,15 @@
-# Flow matching: train every flow of an experiment's `flows` list, then sample it with every configured sampler.
+# Flow matching: train every flow of an experiment's `flows` list; then draw every sampler candidate, score them on
+# the validation split and select each flow's own sampler and its guided sampler (evaluate.smk: select_sampler).
 wildcard_constraints:
     flow=FLOW_ID_PATTERN,
-    sampler=r"[A-Za-z0-9_]+",
 
 
 rule train_flow:
     input:
-        weights=lambda wc: FlowSpec.parse(wc.flow).data_path(wc.experiment),
+        weights=flow_data,
     output:
-        model="results/{experiment}/flows/{flow}/model.pt",
-        log_csv="results/{experiment}/flows/{flow}/train_log.csv",
+        model=results.flow_model("{experiment}", "{flow}"),
+        log_csv=results.flow_file("{experiment}", "{flow}", "train_log.csv"),
     log:
         "results/{experiment}/logs/train_flow/{flow}.log",
     benchmark:
@@ -19,26 +19,7 @@ rule train_flow:
         gpu=1,
     params:
         stage="weightflow.flow.stages.train_stage",
-        cfg=exp_params("ensemble", "flow", "model"),
-    conda:
-        CONDA_ENV
-    script:
-        "../scripts/stage.py"
-
-
-rule sample_flow:
-    input:
-        model="results/{experiment}/flows/{flow}/model.pt",
-    output:
-        samples="results/{experiment}/flows/{flow}/samples/{sampler}.pt",
-    log:
-        "results/{experiment}/logs/sample_flow/{flow}/{sampler}.log",
-    benchmark:
-        "results/{experiment}/benchmarks/sample_flow/{flow}/{sampler}.tsv"
-    threads: 1
-    params:
-        stage="weightflow.flow.stages.sample_stage",
-        cfg=exp_params("sampling"),
+        cfg=flow_exp_params("ensemble", "flow", "model", "canonical"),
     conda:
         CONDA_ENV
     script:
@@ -47,13 +28,8 @@ rule sample_flow:
 
 rule plot_gaussian_sanity:
     input:
-        target="results/{experiment}/ensemble/weights.pt",
-        samples=lambda wc: expand(
-            "results/{experiment}/flows/{flow}/samples/{sampler}.pt",
-            experiment=wc.experiment,
-            flow=flow_ids(wc.experiment)[0],
-            sampler=flow_samplers(wc.experiment),
-        ),
+        target=results.ensemble_weights("{experiment}"),
+        samples=lambda wc: results.flow_samples(wc.experiment, flow_ids(wc.experiment)[0], "candidates"),
     output:
         pdf=report(
             "results/{experiment}/figures/gaussian_sanity.pdf",
@@ -77,11 +53,6 @@ rule plot_gaussian_sanity:
 
 
 for _e in EXPERIMENTS:
-    ALL_TARGETS.extend(
-        expand("results/{experiment}/flows/{flow}/{file}", experiment=_e, flow=flow_ids(_e),
-               file=["model.pt", "train_log.csv"])
-        + expand("results/{experiment}/flows/{flow}/samples/{sampler}.pt", experiment=_e, flow=flow_ids(_e),
-                 sampler=flow_samplers(_e))
-    )
-    if config["experiments"][_e]["dataset"] == "gaussian" and flow_ids(_e):
+    ALL_TARGETS.extend(results.flow_model(_e, f) for f in flow_ids(_e))
+    if not has_data(_e) and flow_ids(_e):
         ALL_TARGETS.append(f"results/{_e}/figures/gaussian_sanity.pdf")

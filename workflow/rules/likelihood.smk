@@ -1,17 +1,15 @@
 # Log-likelihoods under every flow (weightflow.likelihood): held-out ensemble snapshots, the flow's own samples,
-# samples of the other flows of the same representation (raw or canonical weights) and prior draws.
+# samples of the other flows of the same representation (raw, or canonical weights of one form) and prior draws.
+
 
 rule likelihood:
     input:
-        model="results/{experiment}/flows/{flow}/model.pt",
-        data=lambda wc: FlowSpec.parse(wc.flow).data_path(wc.experiment),
-        samples=lambda wc: loglik_samples(wc.experiment, wc.flow),
-        others=lambda wc: [
-            loglik_samples(wc.experiment, other)
-            for other in config["experiments"][wc.experiment]["flows"]
-            if other != wc.flow
-            and FlowSpec.parse(other).representation == FlowSpec.parse(wc.flow).representation
-        ],
+        model=results.flow_model("{experiment}", "{flow}"),
+        data=flow_data,
+        samples=lambda wc: flow_samples(wc.experiment, wc.flow)["candidates"],
+        selection=lambda wc: flow_samples(wc.experiment, wc.flow)["selection"],
+        others=lambda wc: [flow_samples(wc.experiment, other)["candidates"] for other in same_representation(wc)],
+        other_selections=lambda wc: [flow_samples(wc.experiment, o)["selection"] for o in same_representation(wc)],
     output:
         csv="results/{experiment}/flows/{flow}/loglik.csv",
     log:
@@ -57,6 +55,4 @@ rule plot_loglik:
         "../scripts/stage.py"
 
 
-ALL_TARGETS.extend(
-    f"results/{e}/figures/loglik.pdf" for e in EXPERIMENTS if config["experiments"][e]["flows"]
-)
+ALL_TARGETS.extend(f"results/{e}/figures/loglik.pdf" for e in EXPERIMENTS if flow_ids(e) and (evaluated(e) or not has_data(e)))

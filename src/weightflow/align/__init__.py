@@ -16,7 +16,7 @@ from weightflow.align.permutations import (
     soft_permute,
 )
 from weightflow.align.sinkhorn import OBJECTIVES, log_sinkhorn, sinkhorn_rebasin
-from weightflow.align.weight_matching import solve_assignments, weight_matching
+from weightflow.align.weight_matching import batched_assignments, solve_assignments, weight_matching
 
 __all__ = [
     "apply_permutations",
@@ -30,5 +30,6 @@ __all__ = [
     "log_sinkhorn",
     "sinkhorn_rebasin",
     "solve_assignments",
+    "batched_assignments",
     "weight_matching",
 ]

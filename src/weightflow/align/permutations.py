@@ -23,6 +23,7 @@ from weightflow.weights import MLPLayout, as_layout, flatten, unflatten
 
 __all__ = [
     "apply_permutations",
+    "permuted_layers",
     "soft_permute",
     "invert_permutations",
     "compose_permutations",
@@ -46,9 +47,19 @@ def apply_permutations(flat: Tensor, layer_sizes: Sequence[int] | MLPLayout, per
     """Permute the hidden neurons of ``flat [N, D]`` by ``perms[h] [N, n_h]`` (long) → ``[N, D]`` (same function)."""
     layout = as_layout(layer_sizes)
     _check_perms(perms, layout, flat.shape[0])
-    layers = unflatten(flat, layout)
+    return flatten(permuted_layers(flat, layout, perms))
+
+
+def permuted_layers(
+    flat: Tensor, layer_sizes: Sequence[int] | MLPLayout, perms: Sequence[Tensor], *, start: int = 0
+) -> list[tuple[Tensor, Tensor]]:
+    """``[(W_l', b_l')]`` of the permuted networks (:func:`apply_permutations`) for layers ``start`` … ``L − 1`` only,
+    so that a caller can permute the small layers without copying a large input layer."""
+    layout = as_layout(layer_sizes)
     out = []
-    for layer, (w, b) in enumerate(layers):
+    for layer, (w, b) in enumerate(unflatten(flat, layout)):
+        if layer < start:
+            continue
         if layer < len(perms):  # rows: this layer's output neurons
             p = perms[layer]
             w = w.gather(1, p.unsqueeze(-1).expand_as(w))
@@ -57,7 +68,7 @@ def apply_permutations(flat: Tensor, layer_sizes: Sequence[int] | MLPLayout, per
             q = perms[layer - 1]
             w = w.gather(2, q.unsqueeze(1).expand_as(w))
         out.append((w, b))
-    return flatten(out)
+    return out
 
 
 def soft_permute(flat: Tensor, layer_sizes: Sequence[int] | MLPLayout, mats: Sequence[Tensor]) -> Tensor:

@@ -15,20 +15,20 @@ permutation, see :func:`hard_objective`; ``l2`` for weight matching).  Its metad
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from weightflow.align.permutations import apply_permutations
+from weightflow.align.permutations import apply_permutations, permuted_layers
 from weightflow.align.sinkhorn import sinkhorn_rebasin
 from weightflow.align.weight_matching import weight_matching
 from weightflow.data import Dataset, load_experiment_data
 from weightflow.io import WeightsFile, WeightsFileError, load_weights, save_weights
+from weightflow.names import parse_reference
 from weightflow.utils import generator, progress, resolve_device
-from weightflow.weights import MLPLayout, as_layout, cross_entropy
+from weightflow.weights import MLPLayout, as_layout, unflatten
 
 __all__ = [
     "METHODS",
@@ -36,6 +36,7 @@ __all__ = [
     "reference_row",
     "medoid_index",
     "hard_objective",
+    "permutation_objectives",
     "align",
     "align_weights_file",
     "align_stage",
@@ -79,9 +80,8 @@ def reference_row(wf: WeightsFile, name: str, *, source: str | Path = "<weights>
             raise WeightsFileError(f"{source}: column '{col}' is missing; references need each run's final weights")
     final_rows = torch.nonzero(wf.columns["final"] == 1).flatten()
     runs = wf.columns["run"][final_rows]
-    match = re.fullmatch(r"ref(\d+)", name)
-    if match:
-        k = int(match.group(1))
+    kind, k = parse_reference(name)  # a ValueError lists the reference kinds
+    if kind == "ref":
         hit = final_rows[runs == k]
         if hit.numel() == 0:
             raise WeightsFileError(
@@ -89,30 +89,85 @@ def reference_row(wf: WeightsFile, name: str, *, source: str | Path = "<weights>
                 f"'run' has final weights for runs {runs.min().item()}..{runs.max().item()} only"
             )
         return int(hit[0])
-    if name == "medoid":
+    if kind == "medoid":
         if final_rows.numel() == 0:
             raise WeightsFileError(f"{source}: column 'final' marks no row; the medoid needs final weights")
         return int(final_rows[medoid_index(wf.weights[final_rows], wf.layout, seed=seed)])
-    raise ValueError(f"unknown reference {name!r} (alignment.references): use ref<k> (run k's final weights) or medoid")
+    raise AssertionError(f"reference kind {kind!r} of weightflow.names.REFERENCES has no row rule here")
+
+
+# Cache-sized blocks for the task objectives on shared inputs: networks × hidden width × examples of one block
+# (float32 elements: 4 MiB); the elementwise work on a block costs more than its matrix product once it leaves
+# the cache.
+_BLOCK_ELEMENTS = 2**20
+_SAMPLE_CHUNK = 1024
 
 
 def hard_objective(
     objective: str, reference: Tensor, aligned: Tensor, layout: MLPLayout, data=None, *, chunk_size: int = 4096
 ) -> Tensor:
     """Objective of aligned networks ``[N, D]`` → ``[N]``: ``l2`` ``‖θ_ref − θ‖²``; ``mid`` the training loss of the
-    midpoint; ``rnd`` the training loss on the path averaged over :data:`RND_LAMBDAS` (on ``data``)."""
-    if objective == "l2":
-        return (reference - aligned).pow(2).sum(-1)
-    x, y = data
-    lambdas = torch.tensor([0.5]) if objective == "mid" else RND_LAMBDAS
-    out = torch.zeros(aligned.shape[0], dtype=aligned.dtype, device=aligned.device)
+    midpoint; ``rnd`` the training loss on the path averaged over :data:`RND_LAMBDAS` (on ``data``).  Memory is
+    bounded whatever ``N`` (:func:`permutation_objectives`)."""
+    return permutation_objectives(objective, reference, aligned, layout, [None], data, chunk_size=chunk_size)[0]
+
+
+def permutation_objectives(
+    objective: str,
+    reference: Tensor,
+    flat: Tensor,
+    layout: MLPLayout,
+    perm_sets: Sequence[Sequence[Tensor] | None],
+    data=None,
+    *,
+    chunk_size: int = 4096,
+) -> list[Tensor]:
+    """``[hard_objective(objective, reference, apply_permutations(flat, perms), ...) for perms in perm_sets]``
+    (``None`` = no permutation), without building the permuted networks.
+
+    The task objectives (``mid``, ``rnd``) share one product of the unpermuted input layer with the data among all
+    permutation sets and interpolation points: a permutation only reorders the pre-activations ``W x + b`` of the
+    first layer, and interpolating the first layer's weights interpolates its pre-activations.  Networks are taken
+    ``chunk_size`` at a time, for the task objectives in blocks of (networks × hidden width × 1024 examples) of
+    4 MiB, so that the elementwise work stays in the cache."""
+    num = flat.shape[0]
+    outs = [torch.zeros(num, dtype=flat.dtype, device=flat.device) for _ in perm_sets]
     with torch.no_grad():
-        for start in range(0, aligned.shape[0], chunk_size):
-            sl = slice(start, start + chunk_size)
-            ref = reference if reference.ndim == 1 else reference[sl]
-            for lam in lambdas.tolist():
-                out[sl] += cross_entropy((1 - lam) * ref + lam * aligned[sl], layout, x, y) / len(lambdas)
-    return out
+        if objective == "l2":
+            for start in range(0, num, chunk_size):
+                sl = slice(start, start + chunk_size)
+                ref = reference if reference.ndim == 1 else reference[sl]
+                for out, perms in zip(outs, perm_sets):
+                    part = flat[sl] if perms is None else apply_permutations(flat[sl], layout, [p[sl] for p in perms])
+                    out[sl] = (ref - part).pow(2).sum(-1)
+            return outs
+        x, y = data
+        lambdas = [0.5] if objective == "mid" else RND_LAMBDAS.tolist()
+        width = layout.layer_sizes[1] if layout.num_layers > 1 else layout.num_classes
+        per_chunk = max(1, min(chunk_size, _BLOCK_ELEMENTS // (width * min(x.shape[0], _SAMPLE_CHUNK))))
+        for start in range(0, num, per_chunk):
+            sl = slice(start, start + per_chunk)
+            part = flat[sl]
+            ref_layers = unflatten(reference if reference.ndim == 1 else reference[sl], layout)
+            layers = unflatten(part, layout)
+            w1 = layers[0][0].reshape(-1, layout.num_features)  # one copy per chunk of networks
+            rests = [unflatten(part, layout)[1:] if perms is None
+                     else permuted_layers(part, layout, [p[sl] for p in perms], start=1) for perms in perm_sets]
+            for s0 in range(0, x.shape[0], _SAMPLE_CHUNK):
+                xc, yc = x[s0:s0 + _SAMPLE_CHUNK], y[s0:s0 + _SAMPLE_CHUNK]
+                pre = torch.addmm(layers[0][1].reshape(-1, 1), w1, xc.T).view(part.shape[0], -1, xc.shape[0])
+                pre_ref = torch.matmul(ref_layers[0][0], xc.T) + ref_layers[0][1].unsqueeze(-1)
+                labels = yc.view(1, 1, -1).expand(part.shape[0], 1, -1)
+                for out, perms, rest in zip(outs, perm_sets, rests):
+                    first = pre if perms is None else pre.gather(1, perms[0][sl].unsqueeze(-1).expand_as(pre))
+                    for lam in lambdas:
+                        h = torch.lerp(pre_ref, first, lam)  # [B, n1, S]: the interpolated network's pre-activations
+                        for (wr, br), (w, b) in zip(ref_layers[1:], rest):
+                            h = torch.baddbmm(torch.lerp(br, b, lam).unsqueeze(-1), torch.lerp(wr, w, lam), h.relu_())
+                        top = h.amax(1, keepdim=True)  # logsumexp over the classes (dim 1; torch's is slow there)
+                        lse = (h - top).exp_().sum(1).log_() + top.squeeze(1)
+                        out[sl] += (lse - h.gather(1, labels).squeeze(1)).sum(-1) / (x.shape[0] * len(lambdas))
+    return outs
 
 
 def align(
@@ -127,10 +182,12 @@ def align(
 ) -> tuple[list[Tensor], Tensor]:
     """Align ``flat [N, D]`` onto ``reference [D]`` with the ``alignment`` config ``acfg`` → ``(perms, objective [N])``.
 
-    Weight matching first; for ``method: sinkhorn`` its solution initializes Sinkhorn re-basin, run in chunks of
-    ``acfg['chunk_size']`` networks, and each network keeps whichever of the two permutations has the lower
-    objective (so Sinkhorn never ends worse than its initialization).  Task objectives of hard permutations are
-    scored on a fixed seeded subset of at most ``acfg['eval_samples']`` training examples.
+    The networks are aligned independently, ``acfg['chunk_size']`` at a time (memory is bounded by the chunk, not
+    by ``N``).  Weight matching first; for ``method: sinkhorn`` its solution initializes Sinkhorn re-basin and each
+    network keeps whichever of the two permutations has the lower objective (so Sinkhorn never ends worse than its
+    initialization).  Task objectives of hard permutations are scored on a fixed seeded subset of at most
+    ``acfg['eval_samples']`` training examples.  Weight matching restarts its seeded stream of layer orders in every
+    chunk, so its result for a network does not depend on the chunk size.
     """
     layout = as_layout(layer_sizes)
     method, objective = acfg["method"], acfg["objective"]
@@ -143,27 +200,37 @@ def align(
         eval_data = (data[0][keep.to(data[0].device)], data[1][keep.to(data[1].device)])
     else:
         eval_data = data
-    perms = weight_matching(reference, flat, layout, generator=generator(seed, "align", key, "wm"), max_sweeps=acfg["max_sweeps"])
-    value = hard_objective(objective, reference, apply_permutations(flat, layout, perms), layout, eval_data)
-    if method == "weight_matching":
-        return perms, value
+    num, chunk = flat.shape[0], acfg["chunk_size"]
+    perms = [torch.empty(num, n, dtype=torch.long, device=flat.device) for n in layout.hidden_sizes]
+    value = torch.empty(num, dtype=flat.dtype, device=flat.device)
     gen = generator(seed, "align", key, "sinkhorn")
-    chunk = acfg["chunk_size"]
-    for start in progress(range(0, flat.shape[0], chunk), desc="sinkhorn chunks", leave=False):
+    improved = 0
+    for start in progress(range(0, num, chunk), desc=f"align ({method})", leave=False):
         sl = slice(start, start + chunk)
-        init = [p[sl] for p in perms]
-        soft = sinkhorn_rebasin(
-            reference, flat[sl], layout, objective=objective, init=init, tau=acfg["tau"],
-            iterations=acfg["sinkhorn_iterations"], steps=acfg["steps"], lr=acfg["lr"], data=data,
-            batch_size=acfg["batch_size"], generator=gen,
-        )
-        new_value = hard_objective(objective, reference, apply_permutations(flat[sl], layout, soft), layout, eval_data)
-        better = new_value < value[sl]
-        for p, s in zip(perms, soft):
-            p[sl] = torch.where(better.unsqueeze(-1), s, p[sl])
-        value[sl] = torch.where(better, new_value, value[sl])
-        log.info("sinkhorn-%s chunk %d: %d of %d networks improved on weight matching",
-                 objective, start // chunk, int(better.sum()), better.numel())
+        part = flat[sl]
+        found = weight_matching(reference, part, layout, generator=generator(seed, "align", key, "wm"),
+                                max_sweeps=acfg["max_sweeps"])
+        if method == "weight_matching":
+            (found_value,) = permutation_objectives(objective, reference, part, layout, [found], eval_data)
+        else:
+            soft = sinkhorn_rebasin(
+                reference, part, layout, objective=objective, init=found, tau=acfg["tau"],
+                iterations=acfg["sinkhorn_iterations"], steps=acfg["steps"], lr=acfg["lr"], data=data,
+                batch_size=acfg["batch_size"], generator=gen,
+            )
+            found_value, new_value = permutation_objectives(objective, reference, part, layout, [found, soft],
+                                                            eval_data)
+            better = new_value < found_value
+            found = [torch.where(better.unsqueeze(-1), s, p) for p, s in zip(found, soft)]
+            found_value = torch.where(better, new_value, found_value)
+            improved += int(better.sum())
+            log.info("sinkhorn-%s chunk %d: %d of %d networks improved on weight matching",
+                     objective, start // chunk, int(better.sum()), better.numel())
+        for p, f in zip(perms, found):
+            p[sl] = f
+        value[sl] = found_value
+    if method == "sinkhorn":
+        log.info("sinkhorn-%s: %d of %d networks improved on weight matching", objective, improved, num)
     return perms, value
 
 
@@ -187,7 +254,10 @@ def align_weights_file(
             raise ValueError(f"alignment.objective {acfg['objective']!r} needs the training data")
         train = (data.x_train.to(device), data.y_train.to(device))
     perms, value = align(flat[row], flat, layout, acfg, data=train, seed=seed, key=reference)
-    aligned = apply_permutations(flat, layout, perms)
+    aligned = torch.empty(wf.weights.shape, dtype=wf.weights.dtype)  # filled chunk by chunk: no [N, D] temporaries
+    for start in range(0, len(wf), acfg["chunk_size"]):
+        sl = slice(start, start + acfg["chunk_size"])
+        aligned[sl] = apply_permutations(flat[sl], layout, [p[sl] for p in perms]).cpu()
     extras = dict(wf.extras)
     extras.update({f"perm.{h}": p.cpu() for h, p in enumerate(perms)})
     columns = dict(wf.columns)
@@ -195,7 +265,7 @@ def align_weights_file(
     objective = acfg["objective"] if acfg["method"] == "sinkhorn" else "l2"
     metadata = dict(wf.metadata, reference=reference, reference_row=row, reference_run=int(wf.columns["run"][row]),
                     method=acfg["method"], objective=objective)
-    return WeightsFile(aligned.cpu(), wf.layer_sizes, columns=columns, extras=extras, metadata=metadata)
+    return WeightsFile(aligned, wf.layer_sizes, columns=columns, extras=extras, metadata=metadata)
 
 
 def align_stage(job) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from weightflow.flow.objectives import OBJECTIVES
 from weightflow.flow.paths import FlowPath, build_path
+from weightflow.flow.spec import FlowSpec
 from weightflow.io import read_payload
 from weightflow.models import build_model
 from weightflow.weights import MLPLayout
@@ -82,6 +83,18 @@ class FlowModel:
     def to(self, device: str | torch.device) -> "FlowModel":
         self.model.to(device)
         return self
+
+    def describe(self) -> dict[str, Any]:
+        """What a table needs to say about this flow: id parts, vector field, canonical form, objective."""
+        spec = FlowSpec.parse(self.config["flow_id"])
+        canonical = spec.representation == "canonical"
+        return {"flow": spec.id, "base_flow": spec.base_id, "geometry": spec.geometry, "alignment": spec.alignment,
+                "coupling": spec.coupling, "variant": spec.variant or "", "model": self.config["model"]["name"],
+                "last_layer": self.config["path_params"].get("last_layer", "sphere") if canonical else "raw",
+                "objective": self.config["flow"]["objective"],
+                "time_distribution": self.config["flow"]["time_distribution"],
+                "model_width": self.config["model"].get("width"),
+                "parameters": sum(p.numel() for p in self.model.parameters())}
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """The sampler's velocity ``[B, D]`` at ``x [B, D]``, ``t [B]`` (tangent to the manifold on spheres)."""

@@ -1,4 +1,8 @@
-"""Snakemake stages of the flows: ``train_stage`` (model.pt, train_log.csv) and ``sample_stage`` (samples/{sampler}.pt)."""
+"""Snakemake stage of the flows: ``train_stage`` (model.pt, train_log.csv).
+
+Sampling a trained flow with every sampler candidate, choosing on the validation split, and writing the
+selected sample sets are evaluation stages (:mod:`weightflow.evaluate.stages`, :mod:`weightflow.evaluate.selection`).
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,17 @@ import torch
 from torch import Tensor, nn
 
 from weightflow.data import load_experiment_data
-from weightflow.flow.model_file import FlowModel, build_network, load_flow, save_flow
+from weightflow.flow.model_file import FlowModel, build_network, save_flow
 from weightflow.flow.paths import build_path, last_layer_radius
 from weightflow.flow.sampling import sample
 from weightflow.flow.spec import FlowSpec
 from weightflow.flow.training import TrainSettings, train_flow
-from weightflow.io import WeightsFile, load_weights, save_weights
+from weightflow.io import load_weights
 from weightflow.runner import StageJob
 from weightflow.utils import config_hash, derive_seed, generator, resolve_device
 from weightflow.weights import MLPLayout, forward
 
-__all__ = ["train_stage", "sample_stage", "holdout_runs", "flow_config", "sample_accuracy"]
+__all__ = ["train_stage", "holdout_runs", "flow_config", "sample_accuracy"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,12 @@ def holdout_runs(runs: Tensor, fraction: float, gen: torch.Generator) -> list[in
 
 
 def flow_config(cfg: dict[str, Any], flow_id: str, data: Tensor) -> dict[str, Any]:
-    """The JSON config stored in model.pt: flow id parts, layer sizes, model/flow sections and the path params."""
+    """The JSON config stored in model.pt: flow id parts, layer sizes, model/flow sections and the path params.
+
+    ``cfg`` is the flow's effective experiment config (its variant's overrides already merged,
+    :func:`weightflow.config.flow_params`); ``path_params.last_layer`` is its canonical form
+    (``canonical.last_layer``) and ``last_radius`` the median last-layer norm of ``data`` (the radius of the
+    last-layer sphere in the sphere form)."""
     spec = FlowSpec.parse(flow_id)
     settings = TrainSettings.from_config(cfg["flow"])
     prior_std = settings.prior_std if settings.prior_std is not None else cfg["ensemble"]["init_std"]
@@ -49,6 +58,7 @@ def flow_config(cfg: dict[str, Any], flow_id: str, data: Tensor) -> dict[str, An
         "geometry": spec.geometry,
         "alignment": spec.alignment,
         "coupling": spec.coupling,
+        "variant": spec.variant,
         "experiment": cfg["name"],
         "dataset": cfg["dataset"],
         "seed": cfg["seed"],
@@ -57,7 +67,7 @@ def flow_config(cfg: dict[str, Any], flow_id: str, data: Tensor) -> dict[str, An
         "model_seed": derive_seed(cfg["seed"], "flow", flow_id, "init"),
         "flow": asdict(settings),
         "path_params": {"prior_std": float(prior_std), "bias_prior_std": float(bias_prior_std),
-                        "last_radius": last_layer_radius(data, layout)},
+                        "last_layer": cfg["canonical"]["last_layer"], "last_radius": last_layer_radius(data, layout)},
     }
 
 
@@ -111,34 +121,3 @@ def train_stage(job: StageJob) -> None:
     last = result.log.iloc[-1]
     log.info("flow %s trained: final train loss %.4g, val loss %.4g, sampled accuracy %.4f",
              flow_id, last.train_loss, last.val_loss, last.sample_acc)
-
-
-def sample_stage(job: StageJob) -> None:
-    """Sample ``sampling.num_samples`` networks from flow ``{flow}`` with sampler ``{sampler}``."""
-    cfg, flow_id, name = job.params["cfg"], job.wildcards["flow"], job.wildcards["sampler"]
-    sampling = cfg["sampling"]
-    if name not in sampling["samplers"]:
-        raise ValueError(f"experiments.{cfg['name']}.sampling.samplers has no sampler {name!r} "
-                         f"(known: {sorted(sampling['samplers'])})")
-    options = dict(sampling["samplers"][name])
-    if "noise_range" in options:
-        options["noise_range"] = tuple(options["noise_range"])
-    flow = load_flow(job.inputs["model"], device=resolve_device(cfg["device"]))
-    guidance_data = None
-    if options.get("guidance", 0.0) > 0:
-        task = _load_task(cfg)
-        guidance_data = (task.x_train, task.y_train)
-    # One prior stream per flow: every sampler of a flow starts from the same x0 (paired comparisons).
-    gen = generator(cfg["seed"], "sample", flow_id)
-    nets = sample(flow, sampling["num_samples"], generator=gen, batch_size=sampling["batch_size"],
-                  guidance_data=guidance_data, **options)
-    n = nets.shape[0]
-    save_weights(job.output_path("samples"), WeightsFile(
-        nets.cpu(), tuple(cfg["layer_sizes"]),
-        columns={"sample": torch.arange(n)},
-        metadata={"kind": "flow_samples", "experiment": cfg["name"], "dataset": cfg["dataset"], "flow": flow_id,
-                  "sampler": name, "sampler_options": options, "geometry": flow.config["geometry"],
-                  "holdout_runs": flow.holdout_runs},
-    ))
-    finite = torch.isfinite(nets).all(dim=1).float().mean()
-    log.info("flow %s, sampler %s: %d networks (%.1f %% finite)", flow_id, name, n, 100 * float(finite))

@@ -2,8 +2,8 @@
 
 One step: ``B`` data rows ``x1`` (uniform with replacement), ``B`` fresh prior draws ``x0``, coupled by the
 flow's coupling (:mod:`weightflow.flow.couplings`), times ``t`` from the time distribution, path point and
-target velocity from :class:`~weightflow.flow.paths.FlowPath`, and the objective's loss
-(:mod:`weightflow.flow.objectives`).  Adam with linear warm-up then cosine decay to
+target velocity from :class:`~weightflow.flow.paths.FlowPath`, and the objective's loss weighted in time
+(``flow.loss_weighting``; :func:`weightflow.flow.objectives.flow_loss`).  Adam with linear warm-up then cosine decay to
 ``final_lr_fraction * lr``, gradient-norm clipping, an exponential moving average (EMA) of the weights
 (``torch.optim.swa_utils``), bf16 autocast on CUDA, a guard that skips non-finite steps (and stops after
 ``max_nonfinite`` in a row), and periodic validation: the loss on held-out data (fixed x0, t) and the accuracy
@@ -11,10 +11,15 @@ of a few networks sampled from the EMA model on the task's validation split.
 
 Checkpoints hold the model, EMA, optimizer, scheduler, the training generator's and torch's RNG states, and
 the log so far: resuming at step ``k`` reproduces the uninterrupted run exactly (on the same device).
+
+Dropout (``model.dropout > 0``) draws from torch's global RNG, which has no generator argument: training runs
+on a private copy of it (:func:`torch.random.fork_rng`), seeded from the flow's ``seed_generator('dropout')``,
+so two runs of one config give the same bytes and the caller's global RNG state is left as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -22,7 +27,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -30,11 +35,11 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from weightflow.flow.couplings import couple
-from weightflow.flow.objectives import OBJECTIVES, sample_time
+from weightflow.flow.objectives import LOSS_WEIGHTINGS, OBJECTIVES, flow_loss, sample_time
 from weightflow.flow.paths import FlowPath
 from weightflow.utils import from_section, progress
 
-__all__ = ["TrainSettings", "TrainResult", "train_flow", "lr_factor", "ema_update"]
+__all__ = ["TrainSettings", "TrainResult", "train_flow", "lr_factor", "ema_update", "private_global_rng"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ class TrainSettings:
 
     objective: str = "x1"
     time_distribution: str = "beta"
+    loss_weighting: str = "none"
     sigma: float = 0.0
     iterations: int = 2000
     batch_size: int = 128
@@ -114,6 +120,20 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+@contextlib.contextmanager
+def private_global_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Run the block on torch's global RNG (CPU, and ``device`` when it is a CUDA device) seeded with ``seed``;
+    the caller's RNG states are restored afterwards.  Dropout layers draw from this RNG."""
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 def _save_atomic(payload: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -124,8 +144,8 @@ def _save_atomic(payload: dict, path: Path) -> None:
 class _Validator:
     """Held-out loss with fixed x0/t/noise (comparable across steps) and sampled networks' accuracy."""
 
-    def __init__(self, path, objective, coupling, holdout, settings, seed_generator, sample_accuracy):
-        self.path, self.objective, self.coupling = path, objective, coupling
+    def __init__(self, path, settings, coupling, holdout, seed_generator, sample_accuracy):
+        self.path, self.settings, self.coupling = path, settings, coupling
         self.sample_accuracy = sample_accuracy
         self.batch = None
         if holdout is not None and len(holdout):
@@ -142,7 +162,8 @@ class _Validator:
         out = {"val_loss": float("nan"), "sample_acc": float("nan")}
         if self.batch is not None:
             x_t, t, x1, u_t = self.batch
-            out["val_loss"] = float(self.objective.loss(self.path.geometry, ema(x_t, t), x_t, x1, u_t))
+            out["val_loss"] = float(flow_loss(self.settings.objective, self.settings.loss_weighting,
+                                              self.path.geometry, ema(x_t, t), x_t, x1, u_t, t))
         if self.sample_accuracy is not None:
             out["sample_acc"] = float(self.sample_accuracy(ema, step))
         return out
@@ -169,7 +190,8 @@ def train_flow(
     Args:
         coupling: ``'independent'`` or ``'ot'``.
         seed_generator: ``keys -> torch.Generator`` (e.g. ``partial(weightflow.utils.generator, seed, flow_id)``);
-            the training stream is ``seed_generator('train')``.
+            the training stream is ``seed_generator('train')``; torch's global RNG (dropout) is seeded with
+            ``seed_generator('dropout').initial_seed()`` for the run and restored afterwards.
         holdout: ``[H, D]`` held-out rows for the validation loss (optional).
         sample_accuracy: ``(ema_model, step) -> accuracy`` of networks sampled from it (optional).
         checkpoint: checkpoint file; if it exists and its ``fingerprint`` matches, training resumes from it.
@@ -177,7 +199,30 @@ def train_flow(
         log_csv: the validation log is (re)written there at every validation.
     """
     device = torch.device(device)
-    objective = OBJECTIVES[settings.objective]
+    with private_global_rng(device, seed_generator("dropout").initial_seed()):
+        return _train(path, model, data, coupling, settings, seed_generator, holdout, sample_accuracy, device,
+                      checkpoint, fingerprint, stop_after, log_csv)
+
+
+def _train(
+    path: FlowPath,
+    model: nn.Module,
+    data: Tensor,
+    coupling: str,
+    settings: TrainSettings,
+    seed_generator: Callable[..., torch.Generator],
+    holdout: Tensor | None,
+    sample_accuracy: Callable[[nn.Module, int], float] | None,
+    device: torch.device,
+    checkpoint: str | Path | None,
+    fingerprint: str,
+    stop_after: int | None,
+    log_csv: str | Path | None,
+) -> TrainResult:
+    """The body of :func:`train_flow` (on the private global RNG)."""
+    for field, registry in (("objective", OBJECTIVES), ("loss_weighting", LOSS_WEIGHTINGS)):
+        if getattr(settings, field) not in registry:
+            raise ValueError(f"flow.{field}: unknown {getattr(settings, field)!r}; use one of {sorted(registry)}")
     model = model.to(device)
     data = data.to(device)
     holdout = holdout.to(device) if holdout is not None else None
@@ -188,7 +233,7 @@ def train_flow(
         lambda s: lr_factor(s, settings.iterations, settings.warmup_steps, settings.final_lr_fraction),
     )
     gen = seed_generator("train")
-    validate = _Validator(path, objective, coupling, holdout, settings, seed_generator, sample_accuracy)
+    validate = _Validator(path, settings, coupling, holdout, seed_generator, sample_accuracy)
     autocast = device.type == "cuda" and settings.bf16
     rows: list[dict[str, float]] = []
     window = {"loss": 0.0, "grad_norm": 0.0, "count": 0, "skipped": 0}
@@ -246,7 +291,7 @@ def train_flow(
         x_t, u_t = path.point_and_velocity(x0, x1, t, gen)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x_t, t)
-        loss = objective.loss(path.geometry, out.float(), x_t, x1, u_t)
+        loss = flow_loss(settings.objective, settings.loss_weighting, path.geometry, out.float(), x_t, x1, u_t, t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)

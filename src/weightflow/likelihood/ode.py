@@ -160,19 +160,12 @@ def log_likelihood(
     Returns:
         :class:`LogLikResult`.
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    if method not in FIXED_METHODS + ADAPTIVE_METHODS:
-        raise ValueError(f"method must be one of {FIXED_METHODS + ADAPTIVE_METHODS}, got {method!r}")
-    if not 0.0 < t_start <= 1.0:
-        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+    _check_options(divergence, method, t_start, probes)
     start_clock = time.perf_counter()
     x = geometry.project(x1.detach())
     batch, dim = x.shape
     noise = None
     if divergence == "hutchinson":
-        if probes < 1:
-            raise ValueError(f"probes must be >= 1, got {probes}")
         noise = draw_probes(probes, batch, dim, probe, generator=generator, dtype=x.dtype, device=x.device)
     field = tangent_field(velocity, geometry)
     nfe = 0
@@ -183,48 +176,72 @@ def log_likelihood(
         tt = torch.as_tensor(t, dtype=xt.dtype, device=xt.device).expand(batch)
         return field_and_divergence(field, xt, tt, geometry, probes=noise, vjp_batch=vjp_batch)
 
+    estimates = 1 if noise is None else noise.shape[0]
     with torch.no_grad():
         if method == "euler":
-            times = time_grid(t_start, steps, grid)
-            weights = trapezoid_weights(times, grid).tolist()
-            times = times.tolist()
-            acc = x.new_zeros(1 if noise is None else noise.shape[0], batch, dtype=torch.float64)
-            for k in progress(range(steps + 1), desc="log-likelihood", disable=not show_progress):
-                u, div = evaluate(x, times[k])
-                acc = acc + weights[k] * div
-                if k < steps:
-                    x = geometry.exp(x, -(times[k] - times[k + 1]) * u)
+            x, acc = _integrate_euler(evaluate, geometry, x, estimates, t_start, steps, grid, show_progress)
         else:
-
-            def rhs(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-                u, div = evaluate(geometry.project(state[0]), t)
-                return u, -div
-
-            acc0 = x.new_zeros(1 if noise is None else noise.shape[0], batch)
-            if method in ADAPTIVE_METHODS:
-                times = torch.tensor([t_start, 0.0], dtype=x.dtype, device=x.device)
-            else:
-                times = time_grid(t_start, steps, grid, dtype=x.dtype).to(x.device)
-            xs, accs = odeint(rhs, (x, acc0), times, method=method, atol=atol, rtol=rtol)
-            x, acc = geometry.project(xs[-1]), accs[-1]
+            x, acc = _integrate_odeint(evaluate, geometry, x, estimates, t_start, steps, grid, method, atol, rtol)
         prior = geometry.prior_log_prob(x).double()
-    per_probe = prior.double().unsqueeze(0) - acc.double()
+    return _result(prior, acc, x, divergence, dim if noise is None else estimates, nfe,
+                   time.perf_counter() - start_clock, t_start)
+
+
+def _check_options(divergence: str, method: str, t_start: float, probes: int) -> None:
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    if method not in FIXED_METHODS + ADAPTIVE_METHODS:
+        raise ValueError(f"method must be one of {FIXED_METHODS + ADAPTIVE_METHODS}, got {method!r}")
+    if not 0.0 < t_start <= 1.0:
+        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+    if divergence == "hutchinson" and probes < 1:
+        raise ValueError(f"probes must be >= 1, got {probes}")
+
+
+def _integrate_euler(evaluate, geometry, x: Tensor, estimates: int, t_start: float, steps: int, grid: str,
+                     show_progress: bool) -> tuple[Tensor, Tensor]:
+    """Riemannian Euler backward from ``t_start`` to 0 (``geometry.exp``), the divergence integrated by the
+    trapezoid rule on the same grid → ``(x(0), ∫ div [estimates, B])``."""
+    times = time_grid(t_start, steps, grid)
+    weights = trapezoid_weights(times, grid).tolist()
+    times = times.tolist()
+    acc = x.new_zeros(estimates, x.shape[0], dtype=torch.float64)
+    for k in progress(range(steps + 1), desc="log-likelihood", disable=not show_progress):
+        u, div = evaluate(x, times[k])
+        acc = acc + weights[k] * div
+        if k < steps:
+            x = geometry.exp(x, -(times[k] - times[k + 1]) * u)
+    return x, acc
+
+
+def _integrate_odeint(evaluate, geometry, x: Tensor, estimates: int, t_start: float, steps: int, grid: str,
+                      method: str, atol: float, rtol: float) -> tuple[Tensor, Tensor]:
+    """The ambient augmented ODE ``d/dt [x, a] = [u, −div]`` with torchdiffeq from ``t_start`` to 0 (the state is
+    projected onto the manifold before each evaluation) → ``(x(0), ∫ div [estimates, B])``."""
+
+    def rhs(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        u, div = evaluate(geometry.project(state[0]), t)
+        return u, -div
+
+    acc0 = x.new_zeros(estimates, x.shape[0])
+    if method in ADAPTIVE_METHODS:
+        times = torch.tensor([t_start, 0.0], dtype=x.dtype, device=x.device)
+    else:
+        times = time_grid(t_start, steps, grid, dtype=x.dtype).to(x.device)
+    xs, accs = odeint(rhs, (x, acc0), times, method=method, atol=atol, rtol=rtol)
+    return geometry.project(xs[-1]), accs[-1]
+
+
+def _result(prior: Tensor, acc: Tensor, x0: Tensor, divergence: str, probes: int, nfe: int, seconds: float,
+            t_start: float) -> LogLikResult:
+    """``log p = log p0(x(0)) − ∫ div`` per estimate, its mean and standard error over the probes."""
+    per_probe = prior.unsqueeze(0) - acc.double()
     m = per_probe.shape[0]
-    if noise is None:
+    if divergence == "exact":
         se = torch.zeros_like(prior)
     elif m == 1:
         se = torch.full_like(prior, float("nan"))
     else:
         se = per_probe.std(dim=0) / math.sqrt(m)
-    return LogLikResult(
-        logp=per_probe.mean(dim=0),
-        logp_se=se,
-        logp_per_probe=per_probe,
-        prior_logp=prior,
-        x0=x,
-        estimator=divergence,
-        probes=dim if noise is None else m,
-        nfe=nfe,
-        seconds=time.perf_counter() - start_clock,
-        t_start=float(t_start),
-    )
+    return LogLikResult(logp=per_probe.mean(dim=0), logp_se=se, logp_per_probe=per_probe, prior_logp=prior, x0=x0,
+                        estimator=divergence, probes=probes, nfe=nfe, seconds=seconds, t_start=float(t_start))

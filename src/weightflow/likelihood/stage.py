@@ -7,8 +7,9 @@ column          meaning
 ==============  =================================================================================================
 flow            the flow whose density is evaluated
 source          ``holdout`` (snapshots of the ensemble runs held out of the flow's training), ``generated`` (the
-                flow's own samples, main sampler), ``other_flow`` (samples of another flow of the same
-                representation), ``prior`` (fresh draws from the flow's prior p0)
+                flow's own samples: its unguided sampler selected on the validation split), ``other_flow``
+                (the own samples of another flow of the same representation — raw weights, or canonical weights
+                of the same form), ``prior`` (fresh draws from the flow's prior p0)
 source_flow     the flow that generated the network (generated / other_flow rows)
 row, run        row in the source file (and ensemble run id of held-out snapshots)
 logp            ``log p_{t_start}(x)`` in nats (Hutchinson: mean over the probes)
@@ -34,20 +35,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from weightflow.flow import FlowSpec, load_flow
+from weightflow.flow import load_flow
+from weightflow.flow.samples import load_samples
 from weightflow.io import load_weights
 from weightflow.likelihood.flows import LikelihoodSettings, density_measure, flow_log_likelihood
 from weightflow.runner import StageJob
 from weightflow.utils import generator, resolve_device
 
-__all__ = ["likelihood_stage", "same_representation"]
+__all__ = ["likelihood_stage"]
 
 log = logging.getLogger(__name__)
-
-def same_representation(flow_a: str, flow_b: str) -> bool:
-    """Whether two flows model the same kind of networks: raw weights (euclidean flows) or canonical weights
-    (normalized and geometric flows), so that samples of one can be scored by the other."""
-    return FlowSpec.parse(flow_a).representation == FlowSpec.parse(flow_b).representation
 
 
 def _subset(n: int, k: int, gen: torch.Generator) -> Tensor:
@@ -72,16 +69,19 @@ def _networks(job: StageJob, flow, settings: LikelihoodSettings, seed: int,
     meta.append(pd.DataFrame({"source": "holdout", "source_flow": "", "row": rows.numpy(),
                               "run": data.columns["run"][rows].numpy()}))
 
-    others = job.inputs.get("others", [])
-    others = [others] if isinstance(others, (str, Path)) else list(others)
+    def as_list(value) -> list:
+        return [value] if isinstance(value, (str, Path)) else list(value)
+
+    others = list(zip(as_list(job.inputs.get("others", [])), as_list(job.inputs.get("other_selections", []))))
     per_other = max(1, k // max(1, len(others)))
-    for name, path in [("generated", job.inputs["samples"])] + [("other_flow", p) for p in others]:
-        wf = load_weights(path, layer_sizes=layer_sizes)
+    for name, (candidates, selection) in [("generated", (job.inputs["samples"], job.inputs["selection"]))] + [
+            ("other_flow", pair) for pair in others]:
+        wf = load_samples(candidates, selection, "main", layer_sizes=layer_sizes)
         take = min(k, len(wf)) if name == "generated" else min(per_other, len(wf))
-        rows = _subset(len(wf), take, generator(seed, "likelihood", flow_id, name, path))
+        rows = _subset(len(wf), take, generator(seed, "likelihood", flow_id, name, wf.metadata["flow"]))
         blocks.append(wf.weights[rows])
-        meta.append(pd.DataFrame({"source": name, "source_flow": wf.metadata.get("flow", Path(path).parts[-3]),
-                                  "row": rows.numpy(), "run": -1}))
+        meta.append(pd.DataFrame({"source": name, "source_flow": wf.metadata["flow"], "row": rows.numpy(),
+                                  "run": -1}))
 
     prior = flow.prior.sample_prior(k, generator=generator(seed, "likelihood", flow_id, "prior"))
     blocks.append(prior.cpu())

@@ -2,8 +2,10 @@
 
 An *incidence* says how node states reach edges: ``source(x)`` / ``target(x)`` give every edge the state of its
 source / target node, ``add_endpoints(e, s, t)`` is ``e + source(s) + target(t)``.  :class:`SparseIncidence`
-does it for the ``B`` tiled copies of a neural graph (node states ``[B*N, k]`` → edge states ``[B*E, k]``); the
-dense all-pairs baseline has its own (:class:`weightflow.models.ngt_dense.DenseIncidence`).
+does it for the ``B`` tiled copies of a neural graph (node states ``[B*N, k]`` → edge states ``[B*E, k]``) with
+gathers and scatters under plain autograd: PNA's incidence, and the reference of the sparse NG-T, whose default path
+runs fused on the layered edge order (:mod:`weightflow.models.layered`).  The dense all-pairs baseline has its own
+(:class:`weightflow.models.ngt_dense.DenseIncidence`).
 """
 
 from __future__ import annotations

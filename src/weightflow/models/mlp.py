@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,14 +17,23 @@ __all__ = ["FlatMLP"]
 
 class FlatMLP(nn.Module):
     """``h = W_in x + τ``, ``τ = time(t)``; ``depth`` pre-norm residual blocks ``h ← h + FFN(LN h)``;
-    output ``W_out LN(h) + g(τ) ⊙ x`` → ``[B, D]``.
+    output ``W_out LN(h) + g(τ) ⊙ x + c(τ)`` → ``[B, D]``.
 
-    The gated skip ``g(τ) ⊙ x`` (``g`` linear, zero at initialization) gives every coordinate its own
-    time-dependent gain on the input.  Without it the trunk (``width`` < ``D``, e.g. 256 < 802) cannot pass
-    ``x`` through, yet the velocity toward a tight target must cancel each coordinate's prior noise (``u_t``
-    contains ``−x0``; an x1-prediction likewise tends to ``x_t`` as ``t → 1``).  Measured on a target
-    N(0.5, 0.03² I) over D = 802 with a width-64 trunk: samples spread 0.030 with the skip, 0.31 (the prior's)
-    without (tests/test_flow_training.py).
+    Beside the trunk, a time-gated per-coordinate affine skip ``g(τ) ⊙ x + c(τ)`` (``g`` and ``c`` linear in
+    ``τ``, zero at initialization) — the exact form of the field between Gaussians with diagonal covariances
+    (:mod:`weightflow.models.skip`); the trunk models the rest.
+
+    * The gain ``g(τ) ⊙ x``: without it the trunk (``width`` < ``D``, e.g. 256 < 802) cannot pass ``x``
+      through, yet the velocity toward a tight target must cancel each coordinate's prior noise (``u_t``
+      contains ``−x0``; an x1-prediction likewise tends to ``x_t`` as ``t → 1``).  Measured on a target
+      N(0.5, 0.03² I) over D = 802 with a width-64 trunk: samples spread 0.030 with it, 0.31 (the prior's)
+      without (tests/test_flow_training.py).
+    * The shift ``c(τ)``: a route for the time-dependent mean of the field that sees only ``t``.  Without it the
+      trunk builds that mean from ``x``, whose projection on the transport direction is a sharper clock than
+      the time embedding (for N(0, I) → N(1, I) over D = 802, the mean weight of ``x_t`` is ``t`` ± 0.03): the
+      field then gets a spurious slope along that direction (−1.9 at t = 0.5, where the exact one is 0) and the
+      samples' per-network mean weights spread 0.48× the target's; with ``c(τ)`` 1.03–1.09× (500–1500 steps;
+      ``benchmarks/flow_quality/gaussian_sanity.py``).
     """
 
     equivariant = False
@@ -48,8 +57,10 @@ class FlatMLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, self.dim))
         self.skip = nn.Linear(width, self.dim)
-        nn.init.zeros_(self.skip.weight)
-        nn.init.zeros_(self.skip.bias)
+        self.shift = nn.Linear(width, self.dim)  # created last: the other parameters' initial draws are unchanged
+        for layer in (self.skip, self.shift):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.bf16 = bf16
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
@@ -59,5 +70,11 @@ class FlatMLP(nn.Module):
             h = self.input(x) + tau
             for norm, block in zip(self.norms, self.blocks):
                 h = h + self.dropout(block(norm(h)))
-            out = self.output(h) + self.skip(tau) * x
+            out = self.output(h) + self.skip(tau) * x + self.shift(tau)
         return out.to(x.dtype)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Files written before the shift existed hold no ``shift.*``: a zero shift is the same function.
+        for name, param in self.shift.named_parameters():
+            state_dict.setdefault(f"{prefix}shift.{name}", torch.zeros_like(param))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

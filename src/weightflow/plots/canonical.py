@@ -1,5 +1,8 @@
 """Figure ``canonical_geometry``: how spread canonical networks are on the product of spheres, per layer,
-without and with permutation alignment, and the scale factors canonicalization removed."""
+without and with permutation alignment, and the scale factors canonicalization removed.
+
+The figure reads networks in the thesis' canonical form (``last_layer='sphere'``), where every layer, the last
+included, is a product of spheres and has angles."""
 
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ def plot_canonical_geometry(files: Mapping[str, WeightsFile], *, last_radius: fl
     if "none" not in files:
         raise ValueError(f"canonical_geometry needs the unaligned canonical weights ('none'), got {sorted(files)}")
     layout = files["none"].layout
-    geometry = ProductSpheres(layout, last_radius=last_radius)
+    geometry = ProductSpheres(layout, last_radius=last_radius, last_layer="sphere")
     num_layers = layout.num_layers
     fig, axes = figure(ncols=2, width=3.5, height=2.8)
     ax = axes[0, 0]

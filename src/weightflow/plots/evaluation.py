@@ -1,12 +1,13 @@
 """Evaluation figures: ``bma`` (BMA curves), ``calibration`` (reliability diagrams), ``diversity``, ``steps``.
 
-Every figure compares *sources* of networks: the flows (ids ``{geometry}-{alignment}-{coupling}``) and the
-baselines ``ensemble`` (snapshots, the flows' target), ``deep_ensemble`` (final weights per run) and ``sgld``.
-Flows are grouped into one panel per geometry; each panel also shows the baselines in grey for reference.
-A flow's colour is fixed by its (alignment, coupling), the same in every panel and figure.
+Every figure compares *sources* of networks: the flows' own samples (ids
+``{geometry}-{alignment}-{coupling}[-{variant}]``) and the baselines of :data:`weightflow.names.BASELINES` that are
+drawn in figures (the ensemble snapshots — the flows' target —, the deep ensemble, SGLD, ...).  Flows are grouped
+into one panel per geometry; each panel also shows the baselines in grey for reference.  A flow's colour is fixed
+by its (alignment, coupling, variant), the same in every panel and figure.
 
 Inputs are the files written by :mod:`weightflow.evaluate.stages` under ``results/{e}/evaluation/{source}/``;
-the source is the name of that folder.
+each names its source in a ``source`` column or field.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-from weightflow.evaluate.tables import BASELINES, source_label
+from weightflow.evaluate.tables import source_label
 from weightflow.flow.spec import GEOMETRY_NAMES, FlowSpec
+from weightflow.names import BASELINES
 from weightflow.plots.style import color_for, figure, save
 from weightflow.runner import StageJob
 
@@ -35,15 +37,14 @@ __all__ = [
     "steps_stage",
 ]
 
-BASELINE_STYLE = {
-    "ensemble": {"color": "0.15", "linestyle": "-", "label": "ensemble snapshots (target)"},
-    "deep_ensemble": {"color": "0.45", "linestyle": "--", "label": "deep ensemble (final weights)"},
-    "sgld": {"color": "0.45", "linestyle": ":", "label": "SGLD"},
-}
+# Grey shades and line styles of the baselines drawn in figures, in BASELINES order.
+_GREYS = [("0.15", "-"), ("0.45", "--"), ("0.45", ":"), ("0.6", "-."), ("0.3", (0, (5, 1))), ("0.6", (0, (1, 1))),
+          ("0.3", (0, (3, 1, 1, 1))), ("0.6", (0, (5, 5)))]
+BASELINE_STYLE = {name: {"color": grey, "linestyle": ls, "label": base.label}
+                  for (name, base), (grey, ls) in zip(((n, b) for n, b in BASELINES.items() if b.in_figures), _GREYS)}
 METRIC_LABELS = {
     "accuracy": "accuracy",
     "nll": "NLL (nats)",
-    "nll_canonical": "NLL, canonical scale (nats)",
     "brier": "Brier score",
     "ece": "ECE",
 }
@@ -51,7 +52,7 @@ METRIC_LABELS = {
 
 def _flow_key(source: str) -> str:
     spec = FlowSpec.parse(source)
-    return f"{spec.alignment} / {spec.coupling}"
+    return " / ".join(p for p in (spec.alignment, spec.coupling, spec.variant) if p)
 
 
 class _Styles:
@@ -90,7 +91,7 @@ def _legend(fig, axes) -> None:
     baseline_labels = [style["label"] for style in BASELINE_STYLE.values()]
     handles = dict(sorted(handles.items(), key=lambda item: item[0] not in baseline_labels))
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 5),
-               frameon=False, title="baselines (grey) and flows: alignment / coupling")
+               frameon=False, title="baselines (grey) and flows: alignment / coupling [/ variant]")
 
 
 def plot_bma(curves: Mapping[str, pd.DataFrame], *, title: str = "", metrics=("accuracy", "nll", "ece")):
@@ -174,28 +175,32 @@ def plot_diversity(summaries: Mapping[str, Mapping], *, title: str = ""):
 
 
 def plot_steps(steps: Mapping[str, pd.DataFrame], ensemble: pd.DataFrame, *, title: str = "", split: str = "test"):
-    """Sample accuracy and canonical-scale NLL vs integration steps (solid: unguided, dashed: guided), next to the
-    ensemble's accuracy vs optimization steps (mean ± std over runs)."""
+    """Sample accuracy and NLL vs integration steps (solid: the flow's own samples, dashed: guided, dotted: the
+    guidance-alone control — same prior draws and λ, the flow's velocity replaced by zero), next to the ensemble's
+    accuracy vs optimization steps (mean ± std over runs)."""
     fig, axes = figure(ncols=3, width=2.9, height=2.5)
     colors = {flow: color_for(i) for i, flow in enumerate(steps)}
     for flow, frame in steps.items():
-        for lam, part in frame.groupby("guidance"):
-            kw = {"color": colors[flow], "linestyle": "--" if lam > 0 else "-", "marker": "o", "markersize": 2.5}
-            for ax, metric in ((axes[0, 0], "accuracy"), (axes[0, 1], "nll_canonical")):
+        for (lam, control), part in frame.groupby(["guidance", "control"]):
+            line = ":" if control else ("--" if lam > 0 else "-")
+            color = "0.5" if control else colors[flow]
+            kw = {"color": color, "linestyle": line, "marker": "o", "markersize": 2.5}
+            for ax, metric in ((axes[0, 0], "accuracy"), (axes[0, 1], "nll")):
                 mean, std = part[f"{metric}_mean"], part[f"{metric}_std"]
                 ax.plot(part["steps"], mean, label=flow if lam == 0 else None, **kw)
-                ax.fill_between(part["steps"], mean - std, mean + std, color=colors[flow], alpha=0.12, linewidth=0)
-    for ax, metric, panel in ((axes[0, 0], "accuracy", "flow samples"),
-                              (axes[0, 1], "nll", "flow samples, canonical scale")):
+                ax.fill_between(part["steps"], mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
+    for ax, metric in ((axes[0, 0], "accuracy"), (axes[0, 1], "nll")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("integration steps (Euler)")
         ax.set_ylabel(f"sample {METRIC_LABELS[metric]}")
-        ax.set_title(panel)
-    lambdas = sorted({lam for frame in steps.values() for lam in frame["guidance"] if lam > 0})
-    if lambdas:  # line-style keys: solid = unguided, dashed = guided
+        ax.set_title("flow samples")
+    axes[0, 1].set_yscale("log")
+    guided = sorted({(flow, lam) for flow, frame in steps.items() for lam in frame["guidance"] if lam > 0})
+    if guided:  # line-style keys: solid = unguided, dashed = guided, dotted grey = guidance alone
         axes[0, 0].plot([], [], color="0.3", linestyle="-", label="no guidance")
-    for lam in lambdas:
-        axes[0, 0].plot([], [], color="0.3", linestyle="--", label=f"guidance λ = {lam:g}")
+        lams = ", ".join(sorted({f"{lam:g}" for _, lam in guided}))
+        axes[0, 0].plot([], [], color="0.3", linestyle="--", label=f"guided (λ = {lams}, selected on val)")
+        axes[0, 0].plot([], [], color="0.5", linestyle=":", label="guidance only (zero velocity), same λ")
     stats = ensemble.groupby("step")[f"{split}_acc"].agg(["mean", "std"]).fillna(0.0)
     ax = axes[0, 2]
     ax.plot(stats.index, stats["mean"], color="0.15", label="ensemble runs")
@@ -210,14 +215,27 @@ def plot_steps(steps: Mapping[str, pd.DataFrame], ensemble: pd.DataFrame, *, tit
     for a in (axes[0, 0], ax):
         a.set_ylim(lo, 1.0)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), frameon=False)
     fig.suptitle(f"{title}: sample quality vs integration steps ({split} split, mean ± std over networks)".strip(": "))
     return fig
 
 
-def _by_source(paths: Iterable[str]) -> dict[str, str]:
-    """``{source: path}`` for files ``.../evaluation/{source}/<file>``."""
-    return {Path(p).parent.name: p for p in paths}
+def _by_source(paths: Iterable[str]) -> dict[str, pd.DataFrame]:
+    """``{source: frame}`` of CSV files whose ``source`` column names their source."""
+    frames = {}
+    for path in paths:
+        frame = pd.read_csv(path)
+        frames[str(frame["source"].iloc[0])] = frame
+    return frames
+
+
+def _summaries(paths: Iterable[str]) -> dict[str, dict]:
+    """``{source: summary}`` of ``summary.json`` files (each names its source)."""
+    out = {}
+    for path in paths:
+        summary = json.loads(Path(path).read_text())
+        out[summary["source"]] = summary
+    return out
 
 
 def _title(cfg: Mapping) -> str:
@@ -226,28 +244,31 @@ def _title(cfg: Mapping) -> str:
 
 def bma_stage(job: StageJob) -> None:
     """Snakemake stage: ``results/{experiment}/figures/bma.pdf`` (+ ``.png``)."""
-    curves = {s: pd.read_csv(p) for s, p in _by_source(job.inputs["bma"]).items()}
+    curves = _by_source(job.inputs["bma"])
     save(plot_bma(curves, title=_title(job.params["cfg"])), [job.output_path("pdf"), job.output_path("png")])
 
 
 def calibration_stage(job: StageJob) -> None:
     """Snakemake stage: ``results/{experiment}/figures/calibration.pdf`` (+ ``.png``)."""
     cfg = job.params["cfg"]
-    rel = {s: pd.read_csv(p) for s, p in _by_source(job.inputs["reliability"]).items()}
-    bma_n = {json.loads(Path(p).read_text())["bma_n"] for p in job.inputs["summaries"]}
+    rel = _by_source(job.inputs["reliability"])
+    bma_n = {s["bma_n"] for s in _summaries(job.inputs["summaries"]).values()}
     fig = plot_calibration(rel, title=_title(cfg), bma_n=max(bma_n), num_classes=cfg["layer_sizes"][-1])
     save(fig, [job.output_path("pdf"), job.output_path("png")])
 
 
 def diversity_stage(job: StageJob) -> None:
     """Snakemake stage: ``results/{experiment}/figures/diversity.pdf`` (+ ``.png``)."""
-    summaries = {s: json.loads(Path(p).read_text()) for s, p in _by_source(job.inputs["summaries"]).items()}
+    summaries = _summaries(job.inputs["summaries"])
     save(plot_diversity(summaries, title=_title(job.params["cfg"])), [job.output_path("pdf"), job.output_path("png")])
 
 
 def steps_stage(job: StageJob) -> None:
     """Snakemake stage: ``results/{experiment}/figures/steps.pdf`` (+ ``.png``)."""
     cfg = job.params["cfg"]
-    steps = {Path(p).stem: pd.read_csv(p) for p in job.inputs["steps"]}
+    steps = {}
+    for path in job.inputs["steps"]:
+        frame = pd.read_csv(path)
+        steps[str(frame["flow"].iloc[0])] = frame
     fig = plot_steps(steps, pd.read_csv(job.inputs["metrics"]), title=_title(cfg), split=cfg["evaluation"]["split"])
     save(fig, [job.output_path("pdf"), job.output_path("png")])
