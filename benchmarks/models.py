@@ -9,9 +9,14 @@ and Adam state.  The parent kills a worker whose RSS passes ``--mem-cap-gb`` or 
 
 Cases (issue 5): (a) 30-16-16-2, batch 32, d=64, 5 layers; (b) 784-10-10, batch 8, d=32, 5 layers.
 
+With ``--compile`` the warm-up step includes the compilation (sparse NG-T: :meth:`weightflow.models.ngt.NGT.compile`,
+its blocks' reference path; ``--cold-cache`` gives each worker an empty Inductor cache, as a fresh machine has) and
+the step memory includes the compiler's own (about 100 MB).
+
     python benchmarks/models.py                    # the table for ngt, pna, ngt_dense on (a) and (b)
     python benchmarks/models.py --models ngt --cases a --steps 10
     python benchmarks/models.py --models ngt --reference   # sparse NG-T on its plain-autograd reference path
+    python benchmarks/models.py --models ngt --compile --cold-cache   # compiled training step, compile time included
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -67,7 +74,8 @@ def worker(name: str, case: str, args: argparse.Namespace) -> dict:
         return time.perf_counter() - start, time.process_time() - cpu_start
 
     warmup, _ = step()
-    times, cpu_times = zip(*[step() for _ in range(args.steps if warmup < 10 else min(args.steps, 2))])
+    probe = step()[0] if args.compile else warmup  # a compiled model's first step is mostly compilation
+    times, cpu_times = zip(*[step() for _ in range(args.steps if probe < 10 else min(args.steps, 2))])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return dict(
         model=name, case=case, params=sum(p.numel() for p in model.parameters()), warmup_s=warmup,
@@ -85,6 +93,9 @@ def run_worker(name: str, case: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ)
     if args.omp_wait_policy != "inherit":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    cache = tempfile.mkdtemp(prefix="inductor-") if args.cold_cache else None
+    if cache:
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     child, start, peak, reason = psutil.Process(proc.pid), time.monotonic(), 0, None
     while proc.poll() is None:
@@ -101,6 +112,8 @@ def run_worker(name: str, case: str, args: argparse.Namespace) -> dict:
             break
         time.sleep(0.1)
     out, err = proc.communicate()
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
     if reason or proc.returncode:
         return dict(model=name, case=case, skipped=reason or f"worker failed: {err.strip().splitlines()[-1:]}")
     return json.loads(out.strip().splitlines()[-1])
@@ -148,7 +161,11 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true",
                         help="sparse NG-T on its plain-autograd gather/scatter path (fused=False) instead of the fused "
                         "layered kernels")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the models")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the models (build_model(compile=True)); warm-up s includes the compilation")
+    parser.add_argument("--cold-cache", action="store_true",
+                        help="an empty Inductor cache (TORCHINDUCTOR_CACHE_DIR) per worker: the compile time of a fresh "
+                        "machine")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -13,7 +13,7 @@ from weightflow.data import load_dataset
 from weightflow.io import WeightsFile, WeightsFileError, load_weights, save_weights
 from weightflow.plots.barriers import loss_barriers_stage
 from weightflow.runner import StageJob
-from weightflow.weights import cross_entropy, forward, to_sequential
+from weightflow.weights import forward, to_sequential
 
 from trained_networks import seeded, train_networks
 

@@ -43,7 +43,9 @@ def test_smoke_tables_figures_and_report(smoke_workdir):
             fidelity = pd.read_csv(results / "tables" / "fidelity.csv", keep_default_na=False).set_index("source")
             assert fidelity.loc["hmc", "agreement"] == 1 and fidelity.loc["hmc", "tv"] == 0
             assert {"hmc_split", "ensemble", "laplace", "vi", *flows} <= set(fidelity.index)
-            assert fidelity["tv"].between(0, 1).all() and (fidelity["cpu_seconds"] > 0).all()
+            assert fidelity["tv"].between(0, 1).all()
+            # every source has a measured cost; the split floor re-reads the HMC draws and costs nothing
+            assert (fidelity.drop(index="hmc_split")["cpu_seconds"] > 0).all()
             assert set(fidelity["trained_on"]) >= {"ensemble", "HMC draws"}
             assert (results / "figures" / "fidelity.png").stat().st_size > 5000
         figures = FIGURES + (("steps",) if flows and exp.get("evaluation", {}).get("steps_flows", flows) else ())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -81,6 +82,14 @@ def test_every_parameter_gets_a_gradient(name):
     sizes = [4, 5, 6, 3]
     model = build_model(name, sizes, seed=0, **SMALL)
     x, t = weights(sizes, 2), times(2)
+    (model(x, t) ** 2).mean().backward()
+    for pname, p in model.named_parameters():
+        if pname.startswith("skip.time."):  # behind the skip's zero-initialized output layer: none at the first step
+            assert p.grad is None or p.grad.abs().sum() == 0, pname
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+    torch.optim.SGD(model.parameters(), lr=0.1).step()  # after one step every parameter gets a gradient
+    model.zero_grad()
     (model(x, t) ** 2).mean().backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
@@ -283,3 +292,38 @@ def test_fused_ngt_supports_batched_vector_jacobian_products():
         (vjp,) = torch.autograd.grad(model(inputs, t), inputs, grad_outputs=vectors, is_grads_batched=True)
         products.append(vjp)
     torch.testing.assert_close(products[1], products[0], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_ngt_trains_on_the_reference_path_and_evaluates_fused():
+    """NGT.compile compiles the blocks' plain-autograd reference as one graph that they share (fullgraph: no graph
+    breaks) and runs it in training mode, with the fused path's outputs and gradients; eval mode keeps the eager fused
+    path, whose backward runs under is_grads_batched (a compiled one does not), and an EMA deep copy evaluates the
+    same.  The aot_eager backend traces like Inductor without generating C++ (seconds instead of a minute)."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    sizes = [4, 5, 6, 3]
+    eager = build_model("ngt", sizes, seed=0, **SMALL)
+    compiled = build_model("ngt", sizes, seed=0, **SMALL)
+    compiled.compile(backend="aot_eager", fullgraph=True)
+    x, t = weights(sizes, 3), times(3)
+    results = []
+    for model in (eager, compiled):
+        out = model(x, t)
+        (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+        results.append((out.detach(), {name: p.grad for name, p in model.named_parameters()}))
+    (ref_out, ref_grads), (out, grads) = results
+    assert counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    vectors = torch.randn(4, *x.shape, generator=torch.Generator().manual_seed(7))
+    products = []
+    for model in (eager.eval(), compiled.eval()):
+        inputs = x.clone().requires_grad_()
+        (vjp,) = torch.autograd.grad(model(inputs, t), inputs, grad_outputs=vectors, is_grads_batched=True)
+        products.append(vjp)
+    torch.testing.assert_close(products[1], products[0])
+    with torch.no_grad():
+        torch.testing.assert_close(copy.deepcopy(compiled)(x, t), eager(x, t))
+    assert counters["stats"]["unique_graphs"] == 1

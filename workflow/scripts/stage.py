@@ -9,6 +9,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
+# torch.compile's C++ compilation (model.compile on CPU) uses the job's cores, not every core of the node.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, int(sm.threads))))
 # The workflow runs the weightflow of its own repository (also inside `--sdm conda` envs, which install only the
 # dependencies): <repo>/workflow/scripts/stage.py -> <repo>/src.
 sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))

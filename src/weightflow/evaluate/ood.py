@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import mannwhitneyu
 from torch import Tensor
 
 from weightflow.data import Dataset, load_dataset
@@ -39,6 +38,8 @@ def ood_inputs(source: str, data: Dataset, *, num: int, generator: torch.Generat
 
 def auroc(score_in: Tensor, score_out: Tensor) -> Tensor:
     """AUROC of separating OOD (positive) from in-distribution inputs by ``score``: ``[..., n_in]``, ``[..., n_out]`` → ``[...]``."""
+    from scipy.stats import mannwhitneyu  # imported on use: scipy.stats loads slowly and few experiments need OOD
+
     u = mannwhitneyu(score_out.detach().cpu().double().numpy(), score_in.detach().cpu().double().numpy(),
                      axis=-1, method="asymptotic").statistic
     return torch.from_numpy(np.asarray(u / (score_in.shape[-1] * score_out.shape[-1])))

@@ -151,7 +151,7 @@ def write_table(table: pd.DataFrame, csv_path: str | Path, tex_path: str | Path,
         "NLL ($T$)": [_num(v, 3) for v in table["nll_cal"]],
         "ECE ($T$)": [_num(v, 3) for v in table["ece_cal"]],
         "JS ($T$)": [_num(v, 4) for v in table["diversity_js_cal"]],
-        f"BMA NLL ($T$)": [_num(v, 3) for v in table["bma_nll_cal"]],
+        "BMA NLL ($T$)": [_num(v, 3) for v in table["bma_nll_cal"]],
     })
     _write(table, shown, csv_path, tex_path, caption=caption, label=label, text_columns=6)
 

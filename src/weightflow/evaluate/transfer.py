@@ -33,7 +33,7 @@ from weightflow.io import load_weights
 from weightflow.names import SAMPLE_KINDS
 from weightflow.runner import StageJob
 from weightflow.utils import generator, resolve_device
-from weightflow.weights import MLPLayout, as_layout, forward
+from weightflow.weights import MLPLayout, forward
 
 __all__ = ["retarget", "task_config", "transfer_stage", "architecture_stage", "transfer_table_stage",
            "architecture_table_stage"]
@@ -59,7 +59,7 @@ def retarget(flow: FlowModel, layer_sizes: Sequence[int]) -> FlowModel:
         raise ValueError(f"layer sizes {list(new)} must keep the {len(old)} layers, {old[0]} inputs and {old[-1]} "
                          f"classes of {list(old)}; only hidden widths may change")
     config = dict(flow.config, layer_sizes=list(new))
-    model = build_network(config)
+    model = build_network(config, training=False)
     model.load_state_dict(flow.model.state_dict())
     model.eval().requires_grad_(False).to(flow.device)
     layout = MLPLayout(new)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
@@ -27,6 +26,8 @@ def ot_assignment(x0: Tensor, x1: Tensor, geometry) -> Tensor:
     same cost matrix is solved with SciPy's Hungarian algorithm instead (same optimum)."""
     if x0.shape != x1.shape:
         raise ValueError(f"OT coupling needs equally many x0 and x1, got {list(x0.shape)} and {list(x1.shape)}")
+    import ot  # POT, imported on use: it loads slowly (~4 CPU s) and only OT couplings need it
+
     n = x0.shape[0]
     cost = geometry.pairwise_sq_dist(x0, x1).detach().to("cpu", torch.float64).numpy()
     uniform = np.full(n, 1.0 / n)

@@ -43,11 +43,15 @@ class FlowFileError(ValueError):
     """A flow model file is missing or malformed (the message names the file and field)."""
 
 
-def build_network(config: dict[str, Any]) -> nn.Module:
+def build_network(config: dict[str, Any], *, training: bool = True) -> nn.Module:
     """The vector-field network of ``config['model']`` (``name`` plus options) for ``layer_sizes``, its
-    initial parameters drawn from ``config['model_seed']``."""
+    initial parameters drawn from ``config['model_seed']``.  ``training=False`` (a trained flow loaded for sampling
+    and likelihoods) leaves out ``compile``: compiling pays off over many training steps, and vmapped
+    vector-Jacobian products (exact divergences) do not run through compiled backward graphs."""
     options = dict(config["model"])
     name = options.pop("name")
+    if not training:
+        options.pop("compile", None)
     return build_model(name, list(config["layer_sizes"]), seed=config["model_seed"], **options)
 
 
@@ -125,7 +129,7 @@ def load_flow(path: str | Path, device: str | torch.device = "cpu") -> FlowModel
     payload = read_payload(path, FORMAT, FORMAT_VERSION, ("config", "state_dict", "holdout_runs"), FlowFileError,
                            "flow model file")
     config = json.loads(payload["config"])
-    model = build_network(config)
+    model = build_network(config, training=False)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

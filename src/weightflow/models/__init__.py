@@ -29,8 +29,8 @@ MODELS = {"ngt": NGT, "ngt_dense": DenseNGT, "pna": PNA, "mlp": FlatMLP}
 # Options each model takes (the config section holds all of them; a model ignores the others).
 _OPTIONS = {
     "ngt": ("width", "depth", "heads", "key_width", "edge_hidden", "time_size", "fourier_features", "fourier_scale",
-            "dropout", "bf16"),
-    "pna": ("width", "depth", "time_size", "fourier_features", "fourier_scale", "dropout", "bf16"),
+            "dropout", "bf16", "affine_skip"),
+    "pna": ("width", "depth", "time_size", "fourier_features", "fourier_scale", "dropout", "bf16", "affine_skip"),
     "mlp": ("width", "depth", "time_size", "dropout", "bf16"),
 }
 _OPTIONS["ngt_dense"] = _OPTIONS["ngt"]
@@ -50,9 +50,12 @@ def build_model(
         name: ``ngt``, ``ngt_dense``, ``pna`` or ``mlp``.
         seed: when given, the parameters (and random-Fourier frequencies) are drawn from a stream derived from
             it (:func:`weightflow.utils.derive_seed` ``(seed, "model", name)``), leaving the global RNG untouched.
-        compile: wrap ``forward`` in ``torch.compile`` (meant for CUDA; state-dict keys are unchanged).
+        compile: ``model.compile()`` (``torch.compile``; state-dict keys are unchanged).  The sparse NG-T compiles
+            its blocks' plain-autograd path for training only (:meth:`weightflow.models.ngt.NGT.compile`: on CPU
+            0.7–0.8× the eager step time after about 40 CPU s of compilation); the other models compile ``forward``,
+            whose compiled backward pass the likelihoods' vmapped vector-Jacobian products cannot run.
         **options: the ``model`` config section's fields — ``width, depth, heads, key_width, edge_hidden,
-            time_size, fourier_features, fourier_scale, dropout, bf16`` (each model uses those it has).
+            time_size, fourier_features, fourier_scale, dropout, bf16, affine_skip`` (each model uses those it has).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")

@@ -15,7 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.utils import scatter, softmax
 
 __all__ = ["SparseIncidence", "FeedForward", "EdgeUpdate"]
 
@@ -55,6 +54,8 @@ class SparseIncidence:
         are kept apart (no concatenated copies of the ``[B*E, d]`` terms); only the ``[*, heads]`` scores are joined
         for the softmax over each node's neighbourhood.
         """
+        from torch_geometric.utils import scatter, softmax  # imported on use: torch-geometric loads slowly (~4 CPU s)
+
         edge_q, edge_k, edge_v = edge_qkv
         key_width = edge_q.shape[-1]
         # split (not slicing), so that the backward pass joins the gradients with one cat instead of zero-fills

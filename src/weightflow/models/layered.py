@@ -26,10 +26,17 @@ on 1–2 shared CPU threads): 0.85–0.9× / 0.75–0.8× the step time and 31 %
 (element-wise, gather/scatter and batched products on ``[B*E, ·]`` tensors, CPU time per op) falls from 67 % / 71 %
 of the op time to 58 % / 48 %, the GEMMs take 24 % / 20 %, and node-sized work grows from 2 % / 8 % to 18 % / 32 %:
 the per-node operands ``P, R, G`` are ``heads × d`` wide, nearly edge-sized where a layer's fan-out is small.
+Taking ``<P_n, ê_e> = <q̃_n, k_e>_h`` and ``<R_n, ê_e> = <k̃_n, q_e>_h`` directly from the GEMM's ``q_e, k_e`` on the
+sides with few edges per node (a broadcast product and a head sum; their gradients added to ``[dq_e | dk_e]`` before
+the GEMM) did not pay: 0.94–1.0× the attention time and 0.98× the step time on case (b) (fan-out 10), no change on
+(a) — the broadcast products cost what the thin batched products they replace do.  For training,
+:meth:`weightflow.models.ngt.NGT.compile` (Inductor on the reference) takes 0.71× / 0.8× this path's step time.
 
 Dtypes: everything runs in the dtype of the normalized edge states, except the dense projections
 (``ê → [q_e | k_e | u_e]``, the edge MLP's output matrix and their gradients), which run in the autocast dtype when
-autocast is on (bfloat16 GEMMs pay on CPUs with AMX and on GPUs; the small batched products and the softmax do not).
+autocast is on (bfloat16 GEMMs pay on GPUs and, a little, on CPUs with AMX-BF16: the ``bf16`` model option took 0.95×
+the float32 step time on case (a), d = 64, and 1.05× on case (b), d = 32, where the casts cost more than the GEMMs
+save; the small batched products and the softmax do not pay).
 
 :class:`weightflow.models.blocks.SparseIncidence` (gather/scatter, plain autograd) is the reference these
 functions are tested against.
@@ -262,12 +269,12 @@ class _NodeTerms:
         eye = torch.eye(heads, dtype=gemm, device=weight.device)
         self.head_sum = eye.repeat_interleave(self.key_width // heads, dim=0)
 
-    @property
+    @cached_property
     def w_gpr(self) -> Tensor:
         """``[W_v | W_k | W_q]`` ``[3H, inner, d]``, rows zero-padded to the common inner width."""
         return torch.cat([self._padded(self.w_v), self._padded(self.w_kq)])
 
-    @property
+    @cached_property
     def w_prg(self) -> Tensor:
         """``[W_k | W_q | W_v]`` ``[3H, inner, d]``, rows zero-padded to the common inner width."""
         return torch.cat([self._padded(self.w_kq), self._padded(self.w_v)])

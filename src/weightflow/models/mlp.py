@@ -31,9 +31,9 @@ class FlatMLP(nn.Module):
     * The shift ``c(τ)``: a route for the time-dependent mean of the field that sees only ``t``.  Without it the
       trunk builds that mean from ``x``, whose projection on the transport direction is a sharper clock than
       the time embedding (for N(0, I) → N(1, I) over D = 802, the mean weight of ``x_t`` is ``t`` ± 0.03): the
-      field then gets a spurious slope along that direction (−1.9 at t = 0.5, where the exact one is 0) and the
-      samples' per-network mean weights spread 0.48× the target's; with ``c(τ)`` 1.03–1.09× (500–1500 steps;
-      ``benchmarks/flow_quality/gaussian_sanity.py``).
+      field then gets a spurious slope along that direction (−1.9 at t = 0.5, where the exact one is 0; the clock
+      predicts −2.0) and the samples' per-network mean weights spread 0.47× the target's; with ``c(τ)``
+      1.04–1.09× (500–2000 steps; ``benchmarks/flow_quality/gaussian_sanity.py``, ``gaussian_table.py``).
     """
 
     equivariant = False

@@ -18,7 +18,6 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn.aggr import DegreeScalerAggregation
 
 from weightflow.models.base import GraphVectorField
 from weightflow.models.blocks import EdgeUpdate, SparseIncidence
@@ -39,6 +38,8 @@ class PNALayer(nn.Module):
         self.edge_norm = nn.LayerNorm(width)
         self.node_in = nn.Linear(width, 2 * width)
         self.edge_proj = nn.Linear(width, 3 * width)  # FiLM γ, β and the edge update's edge term
+        from torch_geometric.nn.aggr import DegreeScalerAggregation  # imported on use: torch-geometric loads slowly
+
         self.aggregate = DegreeScalerAggregation(AGGREGATORS, SCALERS, degree_histogram)
         self.post = nn.Sequential(
             nn.Linear((1 + len(AGGREGATORS) * len(SCALERS)) * width, width), nn.SiLU(), nn.Linear(width, width)
