@@ -13,6 +13,30 @@ def test_default_dag_lists_every_experiment(tmp_path):
     assert "train_ensemble" in proc.stdout
 
 
+def test_an_experiment_without_its_dataset_files_is_left_out_with_the_remedy(tmp_path):
+    """config/thesis.yaml's mnist experiment where MNIST's IDX files are absent: the DAG leaves it out and says why;
+    with the four files in its data_root it is in the DAG."""
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    config["experiments"] = {name: exp for name, exp in config["experiments"].items() if exp["dataset"] != "gaussian"}
+    config["experiments"]["mnist"] = {"dataset": "mnist", "data_root": str(tmp_path / "nowhere"),
+                                      "layer_sizes": [784, 10, 10], "seed": 0,
+                                      "ensemble": {"runs": 2, "epochs": 2, "burn_in_epochs": 1}}
+    path = tmp_path / "mnist.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = run_snakemake(tmp_path, "-n", "--quiet", "rules", configfile=path)
+    assert "experiment 'mnist' left out of the DAG" in proc.stderr and "nowhere" in proc.stderr
+    assert "data_root" in proc.stderr and "digits28" in proc.stderr
+    root = tmp_path / "idx"
+    root.mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte"):
+        (root / stem).write_bytes(b"")
+    config["experiments"]["mnist"]["data_root"] = str(root)
+    path.write_text(yaml.safe_dump(config))
+    proc = run_snakemake(tmp_path, "-n", "--cores", "1", configfile=path)
+    assert "left out" not in proc.stderr and "results/mnist/ensemble/weights.pt" in proc.stdout + proc.stderr
+
+
 def test_lint_is_clean(tmp_path):
     proc = run_snakemake(tmp_path, "--lint", check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,25 +34,12 @@ import torch
 from torch import Tensor
 
 from weightflow.dataset_registry import DATASETS as REGISTRY
+from weightflow.dataset_registry import DEFAULT_ROOTS, idx_root, missing_data
 
 __all__ = ["Dataset", "DATASETS", "REGISTRY", "load_dataset", "load_experiment_data", "read_idx", "upsample_images",
            "DEFAULT_ROOTS"]
 
 DATASETS = tuple(REGISTRY)  # every dataset name (weightflow.dataset_registry.DATASETS holds kinds and shapes)
-
-DEFAULT_ROOTS = {
-    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
-    "mnist": "data/mnist",
-}
-HOW_TO_GET = {
-    "fashion_mnist": "install Debian's package 'dataset-fashion-mnist' (apt-get install dataset-fashion-mnist) "
-    "or point `root` at a folder with the four Fashion-MNIST IDX files",
-    "mnist": "put the four MNIST IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
-    "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz], from https://yann.lecun.com/exdb/mnist/ or a "
-    "mirror) in that folder, or point the experiment's `data_root` (or WEIGHTFLOW_MNIST_ROOT) at a folder holding "
-    "them; without the files, dataset 'digits28' is an offline stand-in of the same shape",
-}
-
 
 @dataclass
 class Dataset:
@@ -183,17 +169,14 @@ def _find_idx(root: Path, stem: str) -> Path:
 
 
 def _load_idx(name: str, root: str | Path | None, seed: int, val_fraction: float) -> Dataset:
-    root = Path(root or os.environ.get(f"WEIGHTFLOW_{name.upper()}_ROOT", DEFAULT_ROOTS[name]))
-    if not root.is_dir():
-        where = root if root.is_absolute() else f"{root} ({root.absolute()})"
-        raise FileNotFoundError(f"dataset {name!r}: IDX directory {where} does not exist; {HOW_TO_GET[name]}")
-    try:
-        x_tr = read_idx(_find_idx(root, "train-images-idx3-ubyte"))
-        y_tr = read_idx(_find_idx(root, "train-labels-idx1-ubyte"))
-        x_te = read_idx(_find_idx(root, "t10k-images-idx3-ubyte"))
-        y_te = read_idx(_find_idx(root, "t10k-labels-idx1-ubyte"))
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"dataset {name!r}: {exc}; {HOW_TO_GET[name]}") from exc
+    reason = missing_data(name, root)
+    if reason is not None:
+        raise FileNotFoundError(reason)
+    root = idx_root(name, root)
+    x_tr = read_idx(_find_idx(root, "train-images-idx3-ubyte"))
+    y_tr = read_idx(_find_idx(root, "train-labels-idx1-ubyte"))
+    x_te = read_idx(_find_idx(root, "t10k-images-idx3-ubyte"))
+    y_te = read_idx(_find_idx(root, "t10k-labels-idx1-ubyte"))
     x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
     perm = np.random.default_rng(seed).permutation(len(x_tr))
     n_val = int(round(val_fraction * len(x_tr)))

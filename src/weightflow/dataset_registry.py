@@ -17,9 +17,12 @@ Kinds:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["DatasetSpec", "DATASETS", "KINDS", "dataset_shapes"]
+__all__ = ["DatasetSpec", "DATASETS", "KINDS", "dataset_shapes", "DEFAULT_ROOTS", "HOW_TO_GET", "IDX_FILES",
+           "idx_root", "missing_data"]
 
 KINDS = ("sklearn", "idx", "digits28", "weight_target")
 
@@ -56,3 +59,40 @@ def dataset_shapes() -> dict[str, tuple[int, int]]:
     """``{name: (num_features, num_classes)}`` of every dataset with data (not the ``weight_target`` ones)."""
     return {name: (spec.num_features, spec.num_classes) for name, spec in DATASETS.items()
             if spec.kind != "weight_target"}
+
+
+#: Default folders of the IDX datasets (override: the experiment's ``data_root`` or ``WEIGHTFLOW_{NAME}_ROOT``).
+DEFAULT_ROOTS = {
+    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
+    "mnist": "data/mnist",
+}
+HOW_TO_GET = {
+    "fashion_mnist": "install Debian's package 'dataset-fashion-mnist' (apt-get install dataset-fashion-mnist) "
+    "or point `data_root` at a folder with the four Fashion-MNIST IDX files",
+    "mnist": "put the four MNIST IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+    "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz], from https://yann.lecun.com/exdb/mnist/ or a "
+    "mirror) in that folder, or point the experiment's `data_root` (or WEIGHTFLOW_MNIST_ROOT) at a folder holding "
+    "them; without the files, dataset 'digits28' is an offline stand-in of the same shape",
+}
+#: The four files of an IDX dataset (each may also be gzipped, ``.gz``).
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def idx_root(name: str, root: str | Path | None = None) -> Path:
+    """The folder of IDX dataset ``name``: ``root``, else ``WEIGHTFLOW_{NAME}_ROOT``, else :data:`DEFAULT_ROOTS`."""
+    return Path(root or os.environ.get(f"WEIGHTFLOW_{name.upper()}_ROOT", DEFAULT_ROOTS[name]))
+
+
+def missing_data(name: str, root: str | Path | None = None) -> str | None:
+    """Why dataset ``name`` cannot be loaded here (its IDX folder or one of its files is missing, with the remedy),
+    or ``None`` when it can — without reading anything.  Datasets of the other kinds are always available."""
+    if DATASETS[name].kind != "idx":
+        return None
+    folder = idx_root(name, root)
+    where = folder if folder.is_absolute() else f"{folder} ({folder.absolute()})"
+    if not folder.is_dir():
+        return f"dataset {name!r}: IDX directory {where} does not exist; {HOW_TO_GET[name]}"
+    for stem in IDX_FILES:
+        if not any((folder / f"{stem}{suffix}").is_file() for suffix in ("", ".gz")):
+            return f"dataset {name!r}: {where} has no IDX file {stem}[.gz]; {HOW_TO_GET[name]}"
+    return None

@@ -1,8 +1,11 @@
 # Shared helpers for every rules file: the experiment config, consistency checks, the target list, file paths.
+import sys
+
 import yaml
 
 from weightflow import results
 from weightflow.config import check_config, check_flows, experiment_params, flow_params, flow_representation
+from weightflow.dataset_registry import missing_data
 from weightflow.flow.spec import FLOW_ID_PATTERN, FlowSpec
 from weightflow.names import CANONICAL_FORMS, ENSEMBLE_STAGES, GRAPH_MODELS, REFERENCE_PATTERN
 
@@ -12,7 +15,13 @@ check_flows(config, yaml.safe_load(open(workflow.source_path("../../config/schem
 
 # The conda env of every rule (for `--sdm conda`); relative to workflow/rules/.
 CONDA_ENV = "../../envs/weightflow.yaml"
-EXPERIMENTS = list(config["experiments"])
+# Experiments whose dataset files are absent here (MNIST's IDX files: no package ships them) are left out of the
+# DAG with a message naming the folder and the remedy; every other experiment runs.
+SKIPPED = {name: reason for name, exp in config["experiments"].items()
+           if (reason := missing_data(exp["dataset"], exp.get("data_root")))}
+for _name, _reason in SKIPPED.items():
+    print(f"weightflow: experiment {_name!r} left out of the DAG: {_reason}", file=sys.stderr)
+EXPERIMENTS = [name for name in config["experiments"] if name not in SKIPPED]
 # Every rules file appends the files that `rule all` must build.
 ALL_TARGETS = []
 

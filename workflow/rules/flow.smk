@@ -14,7 +14,7 @@ rule train_flow:
         "results/{experiment}/logs/train_flow/{flow}.log",
     benchmark:
         "results/{experiment}/benchmarks/train_flow/{flow}.tsv"
-    threads: 1
+    threads: lambda wc: flow_params(config, wc.experiment, wc.flow, ("flow",))["flow"]["threads"]
     resources:
         gpu=1,
     params:

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -70,6 +70,9 @@ class TrainSettings:
     checkpoint_every: int = 500
     max_nonfinite: int = 10
     bf16: bool = True
+    #: CPU threads of the ``train_flow`` job (Snakemake ``threads``, hence ``torch.set_num_threads``): a scheduling
+    #: setting; the loop itself does not read it.
+    threads: int = 1
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "TrainSettings":
@@ -204,6 +207,110 @@ def train_flow(
                       checkpoint, fingerprint, stop_after, log_csv)
 
 
+def _fresh_window() -> dict[str, float]:
+    """The running sums of the steps since the last validation."""
+    return {"loss": 0.0, "grad_norm": 0.0, "count": 0, "skipped": 0}
+
+
+@dataclass
+class _Run:
+    """The mutable state of one training run — what a checkpoint holds: the network and its EMA, the optimizer and
+    its schedule, the training stream, the validation log, the step counters."""
+
+    model: nn.Module
+    ema: AveragedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator
+    rows: list[dict[str, float]] = field(default_factory=list)
+    window: dict[str, float] = field(default_factory=_fresh_window)
+    step: int = 0
+    consecutive_bad: int = 0
+
+    @classmethod
+    def start(cls, model: nn.Module, settings: TrainSettings, gen: torch.Generator) -> "_Run":
+        optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: lr_factor(s, settings.iterations, settings.warmup_steps, settings.final_lr_fraction),
+        )
+        return cls(model, AveragedModel(model, multi_avg_fn=ema_update(settings.ema_decay)), optimizer, scheduler, gen)
+
+    def save(self, checkpoint: Path, fingerprint: str) -> None:
+        _save_atomic({
+            "fingerprint": fingerprint, "step": self.step, "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "generator": self.gen.get_state(), "rng": _rng_states(),
+            "log": json.dumps(self.rows), "window": json.dumps(self.window), "consecutive_bad": self.consecutive_bad,
+        }, checkpoint)
+
+    def resume(self, checkpoint: Path, fingerprint: str) -> None:
+        """Continue from ``checkpoint`` if it belongs to this configuration (``fingerprint``)."""
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            log.warning("ignoring checkpoint %s: it belongs to another configuration", checkpoint)
+            return
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["generator"])
+        _set_rng_states(state["rng"])
+        self.rows, self.window = json.loads(state["log"]), json.loads(state["window"])
+        self.consecutive_bad, self.step = int(state["consecutive_bad"]), int(state["step"])
+        log.info("resumed from %s at step %d", checkpoint, self.step)
+
+
+def _optimize(run: _Run, path: FlowPath, data: Tensor, coupling: str, settings: TrainSettings,
+              device: torch.device) -> None:
+    """One flow-matching step on a minibatch of ``data``: coupled prior draws, times, the path's point and velocity,
+    the objective's loss; a step whose loss or gradient norm is not finite is skipped (and too many in a row stop
+    the run)."""
+    gen = run.gen
+    idx = torch.randint(data.shape[0], (settings.batch_size,), generator=gen).to(device)
+    x1 = data[idx]
+    x0 = couple(coupling, path.sample_prior(settings.batch_size, generator=gen).to(device), x1, path.geometry)
+    t = sample_time(settings.batch_size, settings.time_distribution, gen).to(device)
+    x_t, u_t = path.point_and_velocity(x0, x1, t, gen)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and settings.bf16):
+        out = run.model(x_t, t)
+    loss = flow_loss(settings.objective, settings.loss_weighting, path.geometry, out.float(), x_t, x1, u_t, t)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
+    if torch.isfinite(loss) and torch.isfinite(grad_norm):
+        run.optimizer.step()
+        run.ema.update_parameters(run.model)
+        run.window["loss"] += loss.item()
+        run.window["grad_norm"] += float(grad_norm)
+        run.window["count"] += 1
+        run.consecutive_bad = 0
+    else:
+        run.window["skipped"] += 1
+        run.consecutive_bad += 1
+        log.warning("step %d: non-finite loss %s or gradient norm %s, step skipped", run.step, loss.item(),
+                    float(grad_norm))
+        if run.consecutive_bad > settings.max_nonfinite:
+            raise FloatingPointError(
+                f"flow training diverged: {run.consecutive_bad} non-finite steps in a row up to step {run.step} "
+                "(lower flow.lr or raise flow.grad_clip/warmup_steps)")
+    run.scheduler.step()
+    run.step += 1
+
+
+def _validate(run: _Run, validate: _Validator, seconds: float) -> dict[str, float]:
+    """Append the log row of this validation (the window's means, the EMA network's validation scores)."""
+    run.ema.eval()
+    count = max(1, run.window["count"])
+    row = {"step": run.step, "lr": run.optimizer.param_groups[0]["lr"], "train_loss": run.window["loss"] / count,
+           "grad_norm": run.window["grad_norm"] / count, "skipped": run.window["skipped"],
+           **validate(run.ema.module, run.step), "seconds": seconds}
+    run.rows.append(row)
+    run.window = _fresh_window()
+    log.info("step %d: %s", run.step, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
+    return row
+
+
 def _train(
     path: FlowPath,
     model: nn.Module,
@@ -220,113 +327,32 @@ def _train(
     log_csv: str | Path | None,
 ) -> TrainResult:
     """The body of :func:`train_flow` (on the private global RNG)."""
-    for field, registry in (("objective", OBJECTIVES), ("loss_weighting", LOSS_WEIGHTINGS)):
-        if getattr(settings, field) not in registry:
-            raise ValueError(f"flow.{field}: unknown {getattr(settings, field)!r}; use one of {sorted(registry)}")
-    model = model.to(device)
-    data = data.to(device)
+    for name, registry in (("objective", OBJECTIVES), ("loss_weighting", LOSS_WEIGHTINGS)):
+        if getattr(settings, name) not in registry:
+            raise ValueError(f"flow.{name}: unknown {getattr(settings, name)!r}; use one of {sorted(registry)}")
+    model, data = model.to(device), data.to(device)
     holdout = holdout.to(device) if holdout is not None else None
-    ema = AveragedModel(model, multi_avg_fn=ema_update(settings.ema_decay))
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(s, settings.iterations, settings.warmup_steps, settings.final_lr_fraction),
-    )
-    gen = seed_generator("train")
+    run = _Run.start(model, settings, seed_generator("train"))
     validate = _Validator(path, settings, coupling, holdout, seed_generator, sample_accuracy)
-    autocast = device.type == "cuda" and settings.bf16
-    rows: list[dict[str, float]] = []
-    window = {"loss": 0.0, "grad_norm": 0.0, "count": 0, "skipped": 0}
-    step = consecutive_bad = 0
-
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
-            _set_rng_states(state["rng"])
-            rows = json.loads(state["log"])
-            window = json.loads(state["window"])
-            consecutive_bad = int(state["consecutive_bad"])
-            step = int(state["step"])
-            log.info("resumed from %s at step %d", checkpoint, step)
-        else:
-            log.warning("ignoring checkpoint %s: it belongs to another configuration", checkpoint)
-
-    def save_checkpoint() -> None:
-        if checkpoint is None:
-            return
-        _save_atomic({
-            "fingerprint": fingerprint,
-            "step": step,
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": gen.get_state(),
-            "rng": _rng_states(),
-            "log": json.dumps(rows),
-            "window": json.dumps(window),
-            "consecutive_bad": consecutive_bad,
-        }, checkpoint)
-
-    def write_log() -> None:
-        if log_csv is not None:
-            Path(log_csv).parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(rows).to_csv(log_csv, index=False)
+        run.resume(checkpoint, fingerprint)
 
     model.train()
-    n = data.shape[0]
     start = time.perf_counter()
-    bar = progress(total=settings.iterations, initial=step, desc="flow matching")
-    while step < settings.iterations and (stop_after is None or step < stop_after):
-        idx = torch.randint(n, (settings.batch_size,), generator=gen).to(device)
-        x1 = data[idx]
-        x0 = couple(coupling, path.sample_prior(settings.batch_size, generator=gen).to(device), x1, path.geometry)
-        t = sample_time(settings.batch_size, settings.time_distribution, gen).to(device)
-        x_t, u_t = path.point_and_velocity(x0, x1, t, gen)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(x_t, t)
-        loss = flow_loss(settings.objective, settings.loss_weighting, path.geometry, out.float(), x_t, x1, u_t, t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        if torch.isfinite(loss) and torch.isfinite(grad_norm):
-            optimizer.step()
-            ema.update_parameters(model)
-            window["loss"] += loss.item()
-            window["grad_norm"] += float(grad_norm)
-            window["count"] += 1
-            consecutive_bad = 0
-        else:
-            window["skipped"] += 1
-            consecutive_bad += 1
-            log.warning("step %d: non-finite loss %s or gradient norm %s, step skipped", step, loss.item(),
-                        float(grad_norm))
-            if consecutive_bad > settings.max_nonfinite:
-                raise FloatingPointError(
-                    f"flow training diverged: {consecutive_bad} non-finite steps in a row up to step {step} "
-                    "(lower flow.lr or raise flow.grad_clip/warmup_steps)")
-        scheduler.step()
-        step += 1
+    bar = progress(total=settings.iterations, initial=run.step, desc="flow matching")
+    while run.step < settings.iterations and (stop_after is None or run.step < stop_after):
+        _optimize(run, path, data, coupling, settings, device)
         bar.update(1)
-        if step % settings.val_every == 0 or step == settings.iterations:
-            ema.eval()
-            row = {"step": step, "lr": optimizer.param_groups[0]["lr"],
-                   "train_loss": window["loss"] / max(1, window["count"]),
-                   "grad_norm": window["grad_norm"] / max(1, window["count"]), "skipped": window["skipped"],
-                   **validate(ema.module, step), "seconds": time.perf_counter() - start}
-            rows.append(row)
-            log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
+        if run.step % settings.val_every == 0 or run.step == settings.iterations:
+            row = _validate(run, validate, time.perf_counter() - start)
             bar.set_postfix(loss=f"{row['train_loss']:.4g}", val=f"{row['val_loss']:.4g}")
-            window = {"loss": 0.0, "grad_norm": 0.0, "count": 0, "skipped": 0}
-            write_log()
-        if step % settings.checkpoint_every == 0 or (stop_after is not None and step == stop_after):
-            save_checkpoint()
+            if log_csv is not None:
+                Path(log_csv).parent.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame(run.rows).to_csv(log_csv, index=False)
+        if checkpoint is not None and (run.step % settings.checkpoint_every == 0
+                                       or (stop_after is not None and run.step == stop_after)):
+            run.save(checkpoint, fingerprint)
     bar.close()
-    ema.module.eval()
-    return TrainResult(ema_model=ema.module, model=model, log=pd.DataFrame(rows), step=step)
+    run.ema.module.eval()
+    return TrainResult(ema_model=run.ema.module, model=model, log=pd.DataFrame(run.rows), step=run.step)
