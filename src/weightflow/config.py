@@ -173,8 +173,8 @@ def check_transfer_config(name: str, exp: dict[str, Any], experiments: dict[str,
 
 def flow_params(config: dict[str, Any], name: str, flow_id: str, sections: tuple[str, ...]) -> dict[str, Any]:
     """:func:`experiment_params` of experiment ``name`` for flow ``flow_id``: the flow's variant (the id's fourth
-    part, ``variants.{variant}``) overrides the experiment's ``model`` / ``flow`` / ``canonical`` sections, so a
-    flow's rules rerun when its own effective settings change, and only then."""
+    part, ``variants.{variant}``) overrides the experiment's ``model`` / ``flow`` / ``canonical`` / ``likelihood``
+    sections, so a flow's rules rerun when its own effective settings change, and only then."""
     from weightflow.flow.spec import FlowSpec  # torch-free
 
     params = experiment_params(config, name, sections)

@@ -19,7 +19,7 @@ rule likelihood:
     threads: 1
     params:
         stage="weightflow.likelihood.stage.likelihood_stage",
-        cfg=exp_params("likelihood"),
+        cfg=flow_exp_params("likelihood"),
     conda:
         CONDA_ENV
     script:
