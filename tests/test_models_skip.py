@@ -71,3 +71,20 @@ def test_flat_mlp_loads_files_written_before_its_shift():
     assert torch.equal(fresh.shift.weight, torch.zeros_like(fresh.shift.weight))
     with torch.no_grad():
         assert torch.equal(fresh(_x(), _t()), model(_x(), _t()))
+
+
+def test_flat_mlp_without_its_shift_is_the_same_network_minus_the_shift():
+    """``time_shift=False`` (the network before the shift, for before/after measurements) draws the same initial
+    parameters as the default and has no ``shift.*``; with the shift at its zero start both compute one function,
+    and after the shift is set they differ by exactly c(τ)."""
+    before = build_model("mlp", SIZES, seed=3, width=16, depth=1, time_size=8, time_shift=False)
+    after = build_model("mlp", SIZES, seed=3, width=16, depth=1, time_size=8)
+    assert not any(k.startswith("shift.") for k in before.state_dict())
+    for name, value in before.state_dict().items():
+        assert torch.equal(value, after.state_dict()[name]), name
+    x, t = _x(), _t()
+    with torch.no_grad():
+        assert torch.equal(before(x, t), after(x, t))
+        torch.nn.init.normal_(after.shift.bias, std=0.1)
+        assert torch.allclose(after(x, t) - before(x, t), after.shift.bias.expand(3, -1), atol=1e-6)
+

@@ -62,15 +62,6 @@ def _register_variants() -> None:
             nn.init.zeros_(self.output[1].weight)
             nn.init.zeros_(self.output[1].bias)
 
-    from weightflow.models.ngt import NGT
-    from weightflow.models.skip import AffineSkip, SkipField
-
-    def ngt_skip(layer_sizes, **kw):
-        """NG-T with a per-layer (equivariant) time-gated affine skip beside it."""
-        return SkipField(NGT(layer_sizes, **kw), AffineSkip.per_layer(layer_sizes, time_size=kw.get("time_size", 16)))
-
-    models.MODELS["ngt_skip"] = ngt_skip
-    models._OPTIONS["ngt_skip"] = models._OPTIONS["ngt"]
     models.MODELS["mlp_affine"] = AffineSkipMLP
     models.MODELS["mlp_affine0"] = AffineSkipMLPZero
     for name in ("mlp_affine", "mlp_affine0"):

@@ -13,12 +13,9 @@ t < 0.9).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -29,21 +26,12 @@ from weightflow.flow.sampling import sample
 from weightflow.flow.training import TrainSettings, train_flow
 from weightflow.models import NGT
 from weightflow.models.mlp import FlatMLP
-from weightflow.models.skip import AffineSkip, SkipField
 from weightflow.plots.gaussian import noise_floor, sanity_stats, target_draws
 from weightflow.utils import generator
 from weightflow.weights import MLPLayout
 
 LAYOUT = MLPLayout((30, 16, 16, 2))
 PARAMS = {"prior_std": 1.0, "bias_prior_std": 1.0, "last_radius": math.sqrt(2), "last_layer": "free"}
-
-
-def _before_mlp():
-    spec = importlib.util.spec_from_file_location("flat_mlp_before", Path(__file__).with_name("flat_mlp_before.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["flat_mlp_before"] = module
-    spec.loader.exec_module(module)
-    return module.FlatMLP
 
 
 class _ExactField(torch.nn.Module):
@@ -55,13 +43,11 @@ class _ExactField(torch.nn.Module):
 def networks():
     mlp = {"width": 128, "depth": 2, "time_size": 16}
     ngt = {"width": 16, "depth": 2, "time_size": 16}
-    before = _before_mlp()
     return {
-        "mlp (before: no time-only shift)": (lambda: before(LAYOUT, **mlp), 500, 256),
+        "mlp (before: no time-only shift)": (lambda: FlatMLP(LAYOUT, **mlp, time_shift=False), 500, 256),
         "mlp (after)": (lambda: FlatMLP(LAYOUT, **mlp), 500, 256),
-        "ngt (before: no skip)": (lambda: NGT(LAYOUT, **ngt), 300, 64),
-        "ngt (after: per-layer affine skip)": (lambda: SkipField(NGT(LAYOUT, **ngt), AffineSkip.per_layer(LAYOUT, time_size=16)),
-                                               300, 64),
+        "ngt (before: no skip)": (lambda: NGT(LAYOUT, **ngt, affine_skip=False), 300, 64),
+        "ngt (after: per-layer affine skip)": (lambda: NGT(LAYOUT, **ngt), 300, 64),
     }
 
 

@@ -46,30 +46,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _register_variants() -> None:
-    """Scratch model names: ``mlp_before`` (the flat MLP without its time-only shift), ``ngt_skip`` / ``ngt_cskip``
-    (NG-T with a per-layer / per-coordinate affine skip beside it, :mod:`weightflow.models.skip`)."""
-    import importlib.util
-    import sys
-
+    """Scratch model name ``ngt_cskip``: NG-T with a per-coordinate affine skip (:mod:`weightflow.models.skip`) in
+    place of its per-layer one.  The flat MLP without its time-only shift and the NG-T without its skip are the
+    model options ``{"time_shift": false}`` and ``{"affine_skip": false}`` (``--model-options``)."""
     import weightflow.models as models
     from weightflow.models.ngt import NGT
     from weightflow.models.skip import AffineSkip, SkipField
 
-    spec = importlib.util.spec_from_file_location("flat_mlp_before", Path(__file__).with_name("flat_mlp_before.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["flat_mlp_before"] = module
-    spec.loader.exec_module(module)
-
-    def ngt_skip(layer_sizes, **kw):
-        return SkipField(NGT(layer_sizes, **kw), AffineSkip.per_layer(layer_sizes, time_size=kw.get("time_size", 64)))
-
     def ngt_cskip(layer_sizes, **kw):
-        return SkipField(NGT(layer_sizes, **kw),
+        return SkipField(NGT(layer_sizes, **kw, affine_skip=False),
                          AffineSkip.per_coordinate(layer_sizes, time_size=kw.get("time_size", 64)))
 
-    models.MODELS.update({"mlp_before": module.FlatMLP, "ngt_skip": ngt_skip, "ngt_cskip": ngt_cskip})
-    models._OPTIONS.update({"mlp_before": models._OPTIONS["mlp"], "ngt_skip": models._OPTIONS["ngt"],
-                            "ngt_cskip": models._OPTIONS["ngt"]})
+    models.MODELS["ngt_cskip"] = ngt_cskip
+    models._OPTIONS["ngt_cskip"] = models._OPTIONS["ngt"]
 
 
 _register_variants()

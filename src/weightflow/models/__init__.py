@@ -31,7 +31,7 @@ _OPTIONS = {
     "ngt": ("width", "depth", "heads", "key_width", "edge_hidden", "time_size", "fourier_features", "fourier_scale",
             "dropout", "bf16", "affine_skip"),
     "pna": ("width", "depth", "time_size", "fourier_features", "fourier_scale", "dropout", "bf16", "affine_skip"),
-    "mlp": ("width", "depth", "time_size", "dropout", "bf16"),
+    "mlp": ("width", "depth", "time_size", "dropout", "bf16", "time_shift"),
 }
 _OPTIONS["ngt_dense"] = _OPTIONS["ngt"]
 
@@ -55,13 +55,15 @@ def build_model(
             0.7–0.8× the eager step time after about 40 CPU s of compilation); the other models compile ``forward``,
             whose compiled backward pass the likelihoods' vmapped vector-Jacobian products cannot run.
         **options: the ``model`` config section's fields — ``width, depth, heads, key_width, edge_hidden,
-            time_size, fourier_features, fourier_scale, dropout, bf16, affine_skip`` (each model uses those it has).
+            time_size, fourier_features, fourier_scale, dropout, bf16, affine_skip, time_shift`` (each model uses those
+            it has).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    unknown = set(options) - set(_OPTIONS["ngt"])
+    known = set().union(*_OPTIONS.values())
+    unknown = set(options) - known
     if unknown:
-        raise TypeError(f"build_model got unknown model options {sorted(unknown)}; known: {sorted(_OPTIONS['ngt'])}")
+        raise TypeError(f"build_model got unknown model options {sorted(unknown)}; known: {sorted(known)}")
     kwargs = {key: value for key, value in options.items() if key in _OPTIONS[name]}
     if seed is None:
         model = MODELS[name](layer_sizes, **kwargs)

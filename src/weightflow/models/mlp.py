@@ -47,6 +47,7 @@ class FlatMLP(nn.Module):
         time_size: int = 64,
         dropout: float = 0.0,
         bf16: bool = False,
+        time_shift: bool = True,
     ) -> None:
         super().__init__()
         self.dim = as_layout(layer_sizes).dim
@@ -57,10 +58,13 @@ class FlatMLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, self.dim))
         self.skip = nn.Linear(width, self.dim)
-        self.shift = nn.Linear(width, self.dim)  # created last: the other parameters' initial draws are unchanged
+        # created last: the other parameters' initial draws are unchanged (``time_shift=False``: the network as it
+        # was before the shift, for before/after measurements)
+        self.shift = nn.Linear(width, self.dim) if time_shift else None
         for layer in (self.skip, self.shift):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.bf16 = bf16
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
@@ -70,11 +74,14 @@ class FlatMLP(nn.Module):
             h = self.input(x) + tau
             for norm, block in zip(self.norms, self.blocks):
                 h = h + self.dropout(block(norm(h)))
-            out = self.output(h) + self.skip(tau) * x + self.shift(tau)
+            out = self.output(h) + self.skip(tau) * x
+            if self.shift is not None:
+                out = out + self.shift(tau)
         return out.to(x.dtype)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Files written before the shift existed hold no ``shift.*``: a zero shift is the same function.
-        for name, param in self.shift.named_parameters():
-            state_dict.setdefault(f"{prefix}shift.{name}", torch.zeros_like(param))
+        if self.shift is not None:
+            for name, param in self.shift.named_parameters():
+                state_dict.setdefault(f"{prefix}shift.{name}", torch.zeros_like(param))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
