@@ -198,6 +198,43 @@ rule plot_fidelity:
         "../scripts/stage.py"
 
 
+def training_budgets(wildcards):
+    """Per flow of the experiment: its vector field, width, steps and batch (the variant's overrides merged)."""
+    budgets = {}
+    for flow in flow_ids(wildcards.experiment):
+        p = flow_params(config, wildcards.experiment, flow, ("model", "flow"))
+        budgets[flow] = {"model": p["model"]["name"], "width": p["model"].get("width"),
+                         "iterations": p["flow"]["iterations"], "batch_size": p["flow"]["batch_size"]}
+    return budgets
+
+
+rule plot_training:
+    input:
+        logs=lambda wc: [results.flow_file(wc.experiment, f, "train_log.csv") for f in flow_ids(wc.experiment)],
+    output:
+        pdf=report(
+            "results/{experiment}/figures/training.pdf",
+            caption="../report/training.rst",
+            category="{experiment}",
+            subcategory="Evaluation",
+        ),
+        png="results/{experiment}/figures/training.png",
+        csv="results/{experiment}/tables/training.csv",
+    log:
+        "results/{experiment}/logs/plot_training.log",
+    benchmark:
+        "results/{experiment}/benchmarks/plot_training.tsv"
+    params:
+        stage="weightflow.plots.training.training_stage",
+        cfg=exp_params(),
+        flows=lambda wc: flow_ids(wc.experiment),
+        budgets=training_budgets,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/stage.py"
+
+
 for _e in EXPERIMENTS:
     if not evaluated(_e):
         continue
@@ -206,6 +243,6 @@ for _e in EXPERIMENTS:
     ALL_TARGETS.extend(f"results/{_e}/{t}" for t in ("tables/samples.csv", "figures/bma.pdf",
                                                     "figures/calibration.pdf", "figures/diversity.pdf"))
     if flow_ids(_e):
-        ALL_TARGETS.extend(f"results/{_e}/tables/{t}.csv" for t in ("samplers", "selection"))
+        ALL_TARGETS.extend(f"results/{_e}/tables/{t}.csv" for t in ("samplers", "selection", "training"))
     if steps_flows(_e):
         ALL_TARGETS.append(f"results/{_e}/figures/steps.pdf")
