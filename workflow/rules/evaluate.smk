@@ -198,16 +198,6 @@ rule plot_fidelity:
         "../scripts/stage.py"
 
 
-def training_budgets(wildcards):
-    """Per flow of the experiment: its vector field, width, steps and batch (the variant's overrides merged)."""
-    budgets = {}
-    for flow in flow_ids(wildcards.experiment):
-        p = flow_params(config, wildcards.experiment, flow, ("model", "flow"))
-        budgets[flow] = {"model": p["model"]["name"], "width": p["model"].get("width"),
-                         "iterations": p["flow"]["iterations"], "batch_size": p["flow"]["batch_size"]}
-    return budgets
-
-
 rule plot_training:
     input:
         logs=lambda wc: [results.flow_file(wc.experiment, f, "train_log.csv") for f in flow_ids(wc.experiment)],

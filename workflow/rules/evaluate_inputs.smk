@@ -110,3 +110,14 @@ def fidelity_params(wildcards):
     return {"sources": [{k: v for k, v in s.items() if k != "files"} for s in fidelity_sources(wildcards.experiment)],
             "reference": {"source": "hmc", "experiment": reference, "label": BASELINES["hmc"].label,
                           "costs": [results.benchmark(reference, "train_ensemble")]}}
+
+
+def training_budgets(wildcards):
+    """Per flow of the experiment: its vector field, width, steps and batch (the variant's overrides merged)."""
+    budgets = {}
+    for flow in flow_ids(wildcards.experiment):
+        p = flow_params(config, wildcards.experiment, flow, ("model", "flow"))
+        budgets[flow] = {"model": p["model"]["name"], "width": p["model"].get("width"),
+                         "iterations": p["flow"]["iterations"], "batch_size": p["flow"]["batch_size"]}
+    return budgets
+
