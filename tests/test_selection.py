@@ -111,3 +111,12 @@ def test_selection_never_reads_the_test_split(model_file, tmp_path):
     control = load_samples(*runs["clean"], "control", layer_sizes=SIZES)
     assert control.metadata["candidate"] == guided.metadata["candidate"] + "_control"
     assert control.metadata["guidance"] == guided.metadata["guidance"] and control.metadata["control"]
+
+
+def test_steps_figure_takes_the_selected_guidance_only_when_there_is_one():
+    with_guided = pd.DataFrame({"candidate": ["euler", "guided_l3", "guided_l3_control"], "guidance": [0.0, 3.0, 3.0],
+                                "selected": ["main", "guided", "control"]})
+    unguided_only = pd.DataFrame({"candidate": ["euler"], "guidance": [0.0], "selected": ["main"]})
+    assert stages.steps_guidance(with_guided, True) == [0.0, 3.0]
+    assert stages.steps_guidance(with_guided, False) == [0.0]
+    assert stages.steps_guidance(unguided_only, True) == [0.0]  # no guided sampler configured: no guided curve

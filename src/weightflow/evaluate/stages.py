@@ -36,7 +36,7 @@ from weightflow.runner import StageJob, benchmark_seconds
 from weightflow.utils import derive_seed, generator, resolve_device
 
 __all__ = ["load_split", "load_source", "select_stage", "evaluate_stage", "table_stage", "samplers_stage",
-           "selection_table_stage", "steps_stage", "fidelity_stage"]
+           "selection_table_stage", "steps_guidance", "steps_stage", "fidelity_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,13 @@ def selection_table_stage(job: StageJob) -> None:
         "fraction) and the sample set it was selected for by the criterion in column criterion."), split="val")
 
 
+def steps_guidance(selection: pd.DataFrame, with_guidance: bool) -> list[float]:
+    """Guidance strengths of the steps figure: 0 (the flow's own samples), then, when ``with_guidance`` and the
+    flow's selection has a guided sampler, its λ selected on the validation split."""
+    guided = selection.loc[selection["selected"] == "guided", "guidance"]
+    return [0.0] + ([float(guided.iloc[0])] if with_guidance and not guided.empty else [])
+
+
 def steps_stage(job: StageJob) -> None:
     """``results/{e}/evaluation/steps/{flow}.csv``: sample quality vs integration steps — the flow's own samples,
     and, when the flow has a guided sampler, guided at the λ selected on the validation split beside its control."""
@@ -209,8 +216,7 @@ def steps_stage(job: StageJob) -> None:
     data, x, y = load_split(cfg)
     flow = load_flow(job.inputs["model"], device=resolve_device(cfg["device"]))
     selection = pd.read_csv(job.inputs["selection"], keep_default_na=False)
-    guided = selection.loc[selection["selected"] == "guided", "guidance"]
-    guidance = [0.0] + [float(guided.iloc[0])] * (not guided.empty and section["steps_guidance"])
+    guidance = steps_guidance(selection, section["steps_guidance"])
     frame = quality_vs_steps(flow, x, y, section["steps"], num=section["steps_samples"], guidance=guidance,
                              guidance_data=(data.x_train, data.y_train),
                              seed=derive_seed(cfg["seed"], "evaluation", "steps", job.wildcards["flow"]))
