@@ -13,6 +13,14 @@ def test_default_dag_lists_every_experiment(tmp_path):
     assert "train_ensemble" in proc.stdout
 
 
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "config").glob("*.yaml") if p.name != "schema.yaml"))
+def test_every_shipped_config_validates_and_plans_its_flows(tmp_path, config):
+    """Each configuration in config/ passes the schema and the cross-field checks and plans a DAG that trains flows
+    (a broken config file would otherwise surface only when somebody runs it)."""
+    proc = run_snakemake(tmp_path, "-n", "--quiet", "rules", configfile=REPO / "config" / config)
+    assert "train_flow" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_an_experiment_without_its_dataset_files_is_left_out_with_the_remedy(tmp_path):
     """config/thesis.yaml's mnist experiment where MNIST's IDX files are absent: the DAG leaves it out and says why;
     with the four files in its data_root it is in the DAG."""

@@ -137,7 +137,7 @@ def transfer_table_stage(job: StageJob) -> None:
     sizes = cfg["layer_sizes"]
     adam = load_weights(job.inputs["task_ensemble"], layer_sizes=sizes)
     adam = adam.select(adam.columns["final"] == 1)
-    rows = [{"flow": f"Adam on {task['name']}", "geometry": "", "model": "", "samples": "trained from the prior",
+    rows = [{"flow": f"Adam on {task['dataset']}", "geometry": "", "model": "", "samples": "trained from the prior",
              "sampler": "", "guidance": 0.0, "steps": None, **_scores(adam.weights, sizes, x, y)}]
     for flow, candidates, selection in zip(job.params["flows"], job.inputs["candidates"], job.inputs["selections"]):
         rows += _selected_rows(flow, candidates, selection, sizes, x, y)
