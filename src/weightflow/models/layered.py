@@ -242,7 +242,7 @@ class _NodeTerms:
     and ``[P | R]`` (``P^h = (W_k^h)ᵀ q^h``, ``R^h = (W_q^h)ᵀ k^h``); ``w_gpr = [W_v | W_k | W_q]`` and
     ``w_prg = [W_k | W_q | W_v]`` ``[3H, max(c, d/H), d]`` (zero-padded rows) give ``[G | P | R]`` and
     ``[P | R | G]`` in one product of :meth:`stack` ed terms.  ``w_gemm`` ``[2k + h, d]`` =
-    ``[W_q; W_k; W_u]`` and ``b_gemm`` = ``[0; 0; b_u]`` in the GEMM dtype: the edge projection less its value rows;
+    ``[W_q; W_k; W_u]`` and ``b_u`` in the GEMM dtype: the edge projection less its value rows;
     ``head_sum`` ``[k, H]`` (0/1, GEMM dtype) sums each head's ``c`` coordinates by a matrix product (no
     reduction over a strided inner axis).
     """
@@ -265,7 +265,7 @@ class _NodeTerms:
         self.w_kq = torch.cat([w_k, w_q]).view(2 * heads, -1, width)
         self.inner = max(self.w_v.shape[1], self.w_kq.shape[1])
         self.w_gemm = torch.cat([w_q, w_k, w_u]).to(gemm)
-        self.b_gemm = torch.cat([torch.zeros_like(b_q), torch.zeros_like(b_k), b_u]).to(gemm)
+        self.b_u = b_u.to(gemm)
         eye = torch.eye(heads, dtype=gemm, device=weight.device)
         self.head_sum = eye.repeat_interleave(self.key_width // heads, dim=0)
 
@@ -332,7 +332,8 @@ def _attention_forward(
     nt = _NodeTerms(node_qkv, weight, bias, inc, heads, normed_gemm.dtype)
     key_width = nt.key_width
     scale = (key_width // heads) ** -0.5
-    projected = torch.addmm(nt.b_gemm, normed_gemm, nt.w_gemm.t())  # [R, 2k + h] = [q_e | k_e | u_e]
+    projected = normed_gemm @ nt.w_gemm.t()  # [R, 2k + h] = [q_e | k_e | u_e]
+    projected[:, 2 * key_width:] += nt.b_u  # the only bias (q, k: on the node terms); addmm would first copy [R, 2k + h]
     qk = projected[:, : 2 * key_width]  # no biases: they are on the node terms
     quad = torch.mul(qk[:, :key_width], qk[:, key_width:]) @ nt.head_sum  # <q_e, k_e>_h, [R, H]
     softmax_dtype = torch.promote_types(normed.dtype, torch.float32)  # scores and α: float32 or wider
