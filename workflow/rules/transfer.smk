@@ -147,10 +147,13 @@ for _e in EXPERIMENTS:
     if not evaluated(_e):
         continue
     _t = transfer_settings(_e)
-    if _t["task"] and _t["flows"]:
+    if _t["task"] in SKIPPED:  # task B's data are absent here: its targets go, the rest of the experiment stays
+        print(f"weightflow: experiment {_e!r}: tables/transfer.csv and figures/initialization.pdf left out of the "
+              f"DAG: its transfer.task {_t['task']!r} is left out (above)", file=sys.stderr)
+    elif _t["task"] and _t["flows"]:
         ALL_TARGETS.append(f"results/{_e}/tables/transfer.csv")
-    if _t["initialization"]["flows"]:
-        ALL_TARGETS.append(f"results/{_e}/figures/initialization.pdf")
+        if _t["initialization"]["flows"]:
+            ALL_TARGETS.append(f"results/{_e}/figures/initialization.pdf")
     if _t["architecture"]["flows"]:
         ALL_TARGETS.append(f"results/{_e}/tables/architecture.csv")
     if _t["scaling"]["flows"]:
