@@ -2,10 +2,9 @@
 
 import pytest
 import yaml
+from snakemake_runner import REPO, run_snakemake
 
 from weightflow.dataset_registry import missing_data
-
-from snakemake_runner import REPO, run_snakemake
 
 pytestmark = pytest.mark.slow
 
