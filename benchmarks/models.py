@@ -1,8 +1,8 @@
 """Speed and memory of one training step of the vector-field models (issue 5).
 
-One step = forward + backward + Adam update of ``mean((model(x, t) - target)^2)`` on a batch of random
-networks.  Every (model, case) runs in its own worker process (``torch.set_num_threads(--threads)``) so that
-its peak memory is its own: memory is the process's resident set size (RSS), ``ru_maxrss`` peak minus the RSS
+One step = forward + backward + Adam update (fused, as in training) of ``mean((model(x, t) - target)^2)`` on a
+batch of random networks.  Every (model, case) runs in its own worker process (``torch.set_num_threads(--threads)``)
+so that its peak memory is its own: memory is the process's resident set size (RSS), ``ru_maxrss`` peak minus the RSS
 just before the first step (model, optimizer and data already built), i.e. the step's activations, gradients
 and Adam state.  The parent kills a worker whose RSS passes ``--mem-cap-gb`` or which runs past
 ``--time-cap-s``, and reports the case as not fitting.
@@ -58,7 +58,7 @@ def worker(name: str, case: str, args: argparse.Namespace) -> dict:
                         compile=args.compile, **widths)
     if args.reference and name == "ngt":
         model.fused = False  # plain-autograd gather/scatter path
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as weightflow.flow.training does
     gen = torch.Generator().manual_seed(0)
     x = init_weights(sizes, batch, init_std=0.3, bias_std=0.1, generator=gen)
     target = torch.randn(x.shape, generator=gen)

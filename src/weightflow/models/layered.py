@@ -38,6 +38,15 @@ autocast is on (bfloat16 GEMMs pay on GPUs and, a little, on CPUs with AMX-BF16:
 the float32 step time on case (a), d = 64, and 1.05× on case (b), d = 32, where the casts cost more than the GEMMs
 save; the small batched products and the softmax do not pay).
 
+Accumulations write in place: ``acc[:, rows].add_(x)`` (Python's ``acc[:, rows] += x`` copies the slice back onto
+itself afterwards, an extra pass over it) and ``baddbmm_`` into ``dê`` per target (half the time of
+``add_(bmm(...))``; per source the strided view makes ``baddbmm_`` 3× slower, so that side keeps ``add_``).  Tried
+and dropped, measured on case (a): writing ``[dq_e | dk_e | du_e]`` through ``out=`` instead of concatenating, or
+two GEMMs instead of the concatenation (no change either); the sources' side of a block with fewer out-edges than
+heads (a classifier's output layer) computed on ``q_e, k_e`` and ``v_e = W_v ê_e`` instead of per-node operands
+(no change); the output layer's bias folded into its GEMM as a column of ones (1.01×, the weight gradient's GEMM
+slows down at 33 columns).
+
 :class:`weightflow.models.blocks.SparseIncidence` (gather/scatter, plain autograd) is the reference these
 functions are tested against.
 """
@@ -138,20 +147,20 @@ class LayeredIncidence:
     @staticmethod
     def add_to_targets(acc: Tensor, values: Tensor, block: LayerBlock) -> None:
         """``acc[:, targets] += values`` for node rows ``acc`` ``[B, N, *s]`` and ``values`` ``[O, B, *s]``."""
-        acc[:, block.targets] += values.transpose(0, 1)
+        acc[:, block.targets].add_(values.transpose(0, 1))
 
     @staticmethod
     def add_to_sources(acc: Tensor, values: Tensor, block: LayerBlock) -> None:
         """``acc[:, sources] += values`` for node rows ``acc`` ``[B, N, *s]`` and ``values`` ``[B, I, *s]``."""
-        acc[:, block.sources] += values
+        acc[:, block.sources].add_(values)
 
     def add_head_targets(self, acc: Tensor, values: Tensor, block: LayerBlock) -> None:
         """Inverse of :meth:`head_targets`, accumulated: ``acc`` ``[B, N, J, w]`` += ``values`` ``[J, O*B, w]``."""
-        acc[:, block.targets] += values.view(values.shape[0], block.fan_out, self.batch, -1).permute(2, 1, 0, 3)
+        acc[:, block.targets].add_(values.view(values.shape[0], block.fan_out, self.batch, -1).permute(2, 1, 0, 3))
 
     def add_head_sources(self, acc: Tensor, values: Tensor, block: LayerBlock) -> None:
         """Inverse of :meth:`head_sources`, accumulated: ``acc`` ``[B, N, J, w]`` += ``values`` ``[J, B*I, w]``."""
-        acc[:, block.sources] += values.view(values.shape[0], self.batch, block.fan_in, -1).permute(1, 2, 0, 3)
+        acc[:, block.sources].add_(values.view(values.shape[0], self.batch, block.fan_in, -1).permute(1, 2, 0, 3))
 
 
 class _PermuteRows(torch.autograd.Function):
@@ -333,7 +342,7 @@ def _attention_forward(
     key_width = nt.key_width
     scale = (key_width // heads) ** -0.5
     projected = normed_gemm @ nt.w_gemm.t()  # [R, 2k + h] = [q_e | k_e | u_e]
-    projected[:, 2 * key_width:] += nt.b_u  # the only bias (q, k: on the node terms); addmm would first copy [R, 2k + h]
+    projected[:, 2 * key_width:].add_(nt.b_u)  # the only bias (on q, k: the node terms); addmm would copy [R, 2k + h]
     qk = projected[:, : 2 * key_width]  # no biases: they are on the node terms
     quad = torch.mul(qk[:, :key_width], qk[:, key_width:]) @ nt.head_sum  # <q_e, k_e>_h, [R, H]
     softmax_dtype = torch.promote_types(normed.dtype, torch.float32)  # scores and α: float32 or wider
@@ -492,7 +501,7 @@ def _attention_backward(
         grad_w_kq = grad_w_kq + torch.bmm(qk_t.transpose(1, 2), d_pr_t) + torch.bmm(qk_s.transpose(1, 2), d_pr_s)
         inc.add_head_targets(d_qk_heads, torch.bmm(d_pr_t, w_kq), block)
         inc.add_head_sources(d_qk_heads, torch.bmm(d_pr_s, w_kq), block)
-        inc.by_target(d_normed, block).add_(torch.bmm(coef_t[..., :3 * heads], x_t))
+        inc.by_target(d_normed, block).baddbmm_(coef_t[..., :3 * heads], x_t)  # in place: 0.5× add_(bmm) alone
         inc.by_source(d_normed, block).add_(torch.bmm(coef_s[..., 2 * heads:], x_s))
     grad_w_q, grad_w_k, grad_w_u = grad_w_gemm.split([key_width, key_width, nt.sizes[3]])
     through_p, through_r = grad_w_kq.reshape(-1, width).chunk(2)  # P = W_kᵀ q̃ and R = W_qᵀ k̃ per head
