@@ -45,7 +45,16 @@ and dropped, measured on case (a): writing ``[dq_e | dk_e | du_e]`` through ``ou
 two GEMMs instead of the concatenation (no change either); the sources' side of a block with fewer out-edges than
 heads (a classifier's output layer) computed on ``q_e, k_e`` and ``v_e = W_v ê_e`` instead of per-node operands
 (no change); the output layer's bias folded into its GEMM as a column of ones (1.01×, the weight gradient's GEMM
-slows down at 33 columns).
+slows down at 33 columns); ``[dq_e | dk_e]`` as one broadcast product ``[q_e | k_e] ⊙ [σ | σ]`` against
+``[W_k; W_q]`` and ``du_e`` in a second GEMM, no concatenation (1.2× the time of those lines: a broadcast over a
+strided view is slow on CPU, and two GEMMs cost more than one); the edge contractions (``bmm`` s reading ``ê``) on
+the bfloat16 copy of ``ê`` under autocast (1.06× the float32 step, where the ``bf16`` option as it is takes 0.95×:
+bfloat16 ``bmm`` on strided views copies its operands).
+
+What is left is the ATen ops themselves: in a step of case (a) the attention takes two thirds of the time (forward
+57 ms, backward 121 ms of 271 ms, timed in place), most of it in the per-block loops of batched products and
+element-wise ops on ``[·, H]`` tensors; the same step at batch 1 (per-op overhead only) takes 47 ms.  A hand-written
+AVX-512 kernel for the scores' pass takes 0.30–0.35× the time of its ATen ops (``benchmarks/attention_kernel.py``).
 
 :class:`weightflow.models.blocks.SparseIncidence` (gather/scatter, plain autograd) is the reference these
 functions are tested against.
@@ -420,23 +429,73 @@ def _attention_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :class:`LayeredAttention` w.r.t. ``normed``, ``node_qkv``, ``weight``, ``bias``.
 
-    With ``G_n^h = (W_v^h)ᵀ dout_n^h``: ``dα_e^h = <dout_n^h, ṽ_m^h> + <G_n^h, ê_e>``; the softmax gives the score
-    gradients ``σ = τ α (dα − Σ_nb α dα)``; then ``dê_e = [d q_e | d k_e | d u_e] [W_q; W_k; W_u]`` (one GEMM,
-    with ``d<q_e, k_e>_h = σ_t + σ_s``) ``+ Σ_h α_t G_tgt + σ_t P_tgt + σ_s R_tgt`` (one batched product per
-    target) ``+ σ_s P_src + σ_t R_src + α_s G_src`` (one per source).
+    With ``G_n^h = (W_v^h)ᵀ dout_n^h``: ``dα_e^h = <dout_n^h, ṽ_m^h> + <G_n^h, ê_e>`` (:func:`_weight_gradients`);
+    the softmax gives the score gradients ``σ = τ α (dα − Σ_nb α dα)``; then ``dê_e = [d q_e | d k_e | d u_e]
+    [W_q; W_k; W_u]`` (one GEMM, with ``d<q_e, k_e>_h = σ_t + σ_s``) ``+ Σ_h α_t G_tgt + σ_t P_tgt + σ_s R_tgt``
+    (one batched product per target) ``+ σ_s P_src + σ_t R_src + α_s G_src`` (one per source)
+    (:func:`_score_gradients`).
 
     Every buffer derives from the incoming gradients and no op writes through ``out=``, so that the function also
     runs under ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmapped backward pass: the likelihoods'
     divergences use it).
     """
-    inc, batch, width = incidence, incidence.batch, normed.shape[1]
+    inc, width = incidence, normed.shape[1]
     nt = _NodeTerms(node_qkv, weight, bias, inc, heads, normed_gemm.dtype)
     key_width = nt.key_width
     scale = (key_width // heads) ** -0.5
     grad = grad.view(nt.vn.shape)  # [B, N, H, d/H]
     d_alpha_self = (grad * nt.vn).sum(-1, dtype=alpha_self.dtype)
+    dot = alpha_self * d_alpha_self  # Σ_nb α dα per node, completed by _weight_gradients
+    d_alpha_t, d_alpha_s, d_v, grad_w_v, operands = _weight_gradients(
+        grad, normed, alpha_t, alpha_s, mixes, dot, nt, inc, heads
+    )
+    # softmax: dα → σ = τ α (dα − Σ_nb α dα), in place
+    sigma_self = (d_alpha_self - dot).mul_(alpha_self).mul_(scale)
+    for block in inc.blocks:
+        inc.edges(d_alpha_t, block).sub_(inc.targets(dot, block).unsqueeze(2))
+        inc.edges(d_alpha_s, block).sub_(inc.sources(dot, block).unsqueeze(0))
+    sigma_t, sigma_s = d_alpha_t.mul_(alpha_t).mul_(scale), d_alpha_s.mul_(alpha_s).mul_(scale)
+    # quadratic term <q_e, k_e>_h: its gradient σ_t + σ_s reaches q_e through k_e and k_e through q_e
+    sigma = (sigma_t + sigma_s).to(projected.dtype) @ nt.head_sum.t()  # [R, k]
+    q_e, k_e = projected[:, :key_width], projected[:, key_width:2 * key_width]
+    d_projected = torch.cat([k_e * sigma, q_e * sigma, grad_edge_term.to(projected.dtype)], 1)  # [dq_e | dk_e | du_e]
+    d_normed = (d_projected @ nt.w_gemm).to(normed.dtype)
+    grad_w_gemm = (d_projected.t() @ normed_gemm).to(weight.dtype)
+    d_qk, grad_w_kq = _score_gradients(
+        d_normed, grad, normed, alpha_t, alpha_s, sigma_t, sigma_s, operands, nt, inc, heads
+    )
+    # assembly: the edge projection's rows [W_q; W_k; W_v; W_u], the node terms [qn | kn | vn], the biases
+    grad_w_q, grad_w_k, grad_w_u = grad_w_gemm.split([key_width, key_width, nt.sizes[3]])
+    through_p, through_r = grad_w_kq.reshape(-1, width).chunk(2)  # P = W_kᵀ q̃ and R = W_qᵀ k̃ per head
+    grad_w_q, grad_w_k = grad_w_q + through_r, grad_w_k + through_p
+    d_q, d_k = d_qk.view(*nt.q.shape[:2], 2, heads, -1).unbind(2)
+    sigma_self = sigma_self.to(normed.dtype).unsqueeze(-1)
+    d_qn, d_kn = d_q + sigma_self * nt.kn, d_k + sigma_self * nt.qn
+    d_vn = d_v + alpha_self.to(normed.dtype).unsqueeze(-1) * grad
+    d_node_qkv = torch.cat([x.reshape(*x.shape[:2], -1) for x in (d_qn, d_kn, d_vn)], -1).view(node_qkv.shape)
+    d_weight = torch.cat([grad_w_q, grad_w_k, grad_w_v.reshape(-1, width), grad_w_u])
+    d_bias = torch.cat([*(x.sum((0, 1)).reshape(-1) for x in (d_q, d_k, d_v)), grad_edge_term.sum(0).to(bias.dtype)])
+    return d_normed, d_node_qkv, d_weight, d_bias
+
+
+def _weight_gradients(
+    grad: Tensor,
+    normed: Tensor,
+    alpha_t: Tensor,
+    alpha_s: Tensor,
+    mixes: tuple[Tensor, ...],
+    dot: Tensor,
+    nt: _NodeTerms,
+    inc: LayeredIncidence,
+    heads: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, list[tuple[Tensor, Tensor, Tensor, Tensor]]]:
+    """The values' side of the backward pass, per block: the gradients of the attention weights
+    ``dα = <dout_n, ṽ_m> + <G_n, ê_e>`` (``d_alpha_t``, ``d_alpha_s`` ``[R, H]``), of the values' node terms
+    ``d_v`` ``[B, N, H, d/H]`` and of ``W_v`` (``Σ_n dout_n^h ⊗ A_n^h``, ``[H, d/H, d]``); adds ``Σ_nb α dα`` to
+    ``dot`` in place.  Also returns, per block, the node operands the score gradients need: ``[G | P | R]`` of each
+    target, ``[P | R | G]`` of each source and the head-major ``[q | k]`` of both."""
+    batch = inc.batch
     d_v = grad.new_zeros(nt.v.shape)
-    dot = alpha_self * d_alpha_self  # Σ_nb α dα per node, completed below
     grad_w_v, d_alphas, operands = 0, ([], []), []
     for block, mix_t, mix_s in zip(inc.blocks, mixes[::2], mixes[1::2]):
         a_t, a_s = inc.edges(alpha_t, block), inc.edges(alpha_s, block)
@@ -464,17 +523,26 @@ def _attention_backward(
         inc.add_to_targets(dot, (a_t * da_t).sum(2), block)
         inc.add_to_sources(dot, (a_s * da_s).sum(0), block)
     d_alpha_t, d_alpha_s = (torch.cat(pieces).to(alpha_t.dtype) for pieces in d_alphas)  # [R, H]
-    sigma_self = (d_alpha_self - dot).mul_(alpha_self).mul_(scale)
-    for block in inc.blocks:  # dα → σ in place
-        inc.edges(d_alpha_t, block).sub_(inc.targets(dot, block).unsqueeze(2))
-        inc.edges(d_alpha_s, block).sub_(inc.sources(dot, block).unsqueeze(0))
-    sigma_t, sigma_s = d_alpha_t.mul_(alpha_t).mul_(scale), d_alpha_s.mul_(alpha_s).mul_(scale)
-    # quadratic term <q_e, k_e>_h: its gradient σ_t + σ_s reaches q_e through k_e and k_e through q_e
-    sigma = (sigma_t + sigma_s).to(projected.dtype) @ nt.head_sum.t()  # [R, k]
-    q_e, k_e = projected[:, :key_width], projected[:, key_width:2 * key_width]
-    d_projected = torch.cat([k_e * sigma, q_e * sigma, grad_edge_term.to(projected.dtype)], 1)  # [dq_e | dk_e | du_e]
-    d_normed = (d_projected @ nt.w_gemm).to(normed.dtype)
-    grad_w_gemm = (d_projected.t() @ normed_gemm).to(weight.dtype)
+    return d_alpha_t, d_alpha_s, d_v, grad_w_v, operands
+
+
+def _score_gradients(
+    d_normed: Tensor,
+    grad: Tensor,
+    normed: Tensor,
+    alpha_t: Tensor,
+    alpha_s: Tensor,
+    sigma_t: Tensor,
+    sigma_s: Tensor,
+    operands: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    nt: _NodeTerms,
+    inc: LayeredIncidence,
+    heads: int,
+) -> tuple[Tensor, Tensor]:
+    """The scores' side of the backward pass, per block: adds the node operands' part of ``dê``
+    (``α_t G_tgt + σ_t P_tgt + σ_s R_tgt + σ_s P_src + σ_t R_src + α_s G_src``) to ``d_normed`` in place and
+    returns ``[dq | dk]`` of the node terms ``[B, N, 2k]`` (through the node-node terms and ``P, R``) and the
+    gradient of ``[W_k | W_q]`` through ``P, R`` (``[2H, c, d]``)."""
     d_qk = grad.new_zeros(nt.qk.shape)  # [dq | dk] of the edge messages' node terms
     d_qk_heads = d_qk.view(nt.qk_heads.shape)
     grad_w_kq = 0
@@ -503,17 +571,7 @@ def _attention_backward(
         inc.add_head_sources(d_qk_heads, torch.bmm(d_pr_s, w_kq), block)
         inc.by_target(d_normed, block).baddbmm_(coef_t[..., :3 * heads], x_t)  # in place: 0.5× add_(bmm) alone
         inc.by_source(d_normed, block).add_(torch.bmm(coef_s[..., 2 * heads:], x_s))
-    grad_w_q, grad_w_k, grad_w_u = grad_w_gemm.split([key_width, key_width, nt.sizes[3]])
-    through_p, through_r = grad_w_kq.reshape(-1, width).chunk(2)  # P = W_kᵀ q̃ and R = W_qᵀ k̃ per head
-    grad_w_q, grad_w_k = grad_w_q + through_r, grad_w_k + through_p
-    d_q, d_k = d_qk.view(*nt.q.shape[:2], 2, heads, -1).unbind(2)
-    sigma_self = sigma_self.to(normed.dtype).unsqueeze(-1)
-    d_qn, d_kn = d_q + sigma_self * nt.kn, d_k + sigma_self * nt.qn
-    d_vn = d_v + alpha_self.to(normed.dtype).unsqueeze(-1) * grad
-    d_node_qkv = torch.cat([x.reshape(*x.shape[:2], -1) for x in (d_qn, d_kn, d_vn)], -1).view(node_qkv.shape)
-    d_weight = torch.cat([grad_w_q, grad_w_k, grad_w_v.reshape(-1, width), grad_w_u])
-    d_bias = torch.cat([*(x.sum((0, 1)).reshape(-1) for x in (d_q, d_k, d_v)), grad_edge_term.sum(0).to(bias.dtype)])
-    return d_normed, d_node_qkv, d_weight, d_bias
+    return d_qk, grad_w_kq
 
 
 class LayeredEdgeUpdate(torch.autograd.Function):
