@@ -16,6 +16,7 @@ the step memory includes the compiler's own (about 100 MB).
     python benchmarks/models.py                    # the table for ngt, pna, ngt_dense on (a) and (b)
     python benchmarks/models.py --models ngt --cases a --steps 10
     python benchmarks/models.py --models ngt --reference   # sparse NG-T on its plain-autograd reference path
+    python benchmarks/models.py --models ngt --no-kernels  # its fused path on ATen ops (no compiled kernels)
     python benchmarks/models.py --models ngt --compile --cold-cache   # compiled training step, compile time included
 """
 
@@ -96,6 +97,8 @@ def run_worker(name: str, case: str, args: argparse.Namespace) -> dict:
     cache = tempfile.mkdtemp(prefix="inductor-") if args.cold_cache else None
     if cache:
         env["TORCHINDUCTOR_CACHE_DIR"] = cache
+    if args.no_kernels:
+        env["WEIGHTFLOW_KERNELS"] = "0"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     child, start, peak, reason = psutil.Process(proc.pid), time.monotonic(), 0, None
     while proc.poll() is None:
@@ -161,6 +164,9 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true",
                         help="sparse NG-T on its plain-autograd gather/scatter path (fused=False) instead of the fused "
                         "layered kernels")
+    parser.add_argument("--no-kernels", action="store_true",
+                        help="sparse NG-T's fused attention on ATen ops only (WEIGHTFLOW_KERNELS=0), without the "
+                        "compiled kernels of weightflow.models.attention_kernels")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the models (build_model(compile=True)); warm-up s includes the compilation")
     parser.add_argument("--cold-cache", action="store_true",

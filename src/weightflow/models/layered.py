@@ -51,10 +51,21 @@ strided view is slow on CPU, and two GEMMs cost more than one); the edge contrac
 the bfloat16 copy of ``ê`` under autocast (1.06× the float32 step, where the ``bf16`` option as it is takes 0.95×:
 bfloat16 ``bmm`` on strided views copies its operands).
 
-What is left is the ATen ops themselves: in a step of case (a) the attention takes two thirds of the time (forward
-57 ms, backward 121 ms of 271 ms, timed in place), most of it in the per-block loops of batched products and
-element-wise ops on ``[·, H]`` tensors; the same step at batch 1 (per-op overhead only) takes 47 ms.  A hand-written
-AVX-512 kernel for the scores' pass takes 0.30–0.35× the time of its ATen ops (``benchmarks/attention_kernel.py``).
+Compiled kernels.  On float32 CPU tensors the per-block passes over ``ê`` run in
+:mod:`weightflow.models.attention_kernels` (C++, built once per machine): the scores with their running maximum,
+the softmax's numerators and sums, the values (``α`` normalized in place, ``A_t``, ``A_s`` and the node part), the
+weights' gradients ``dα`` with ``Σ α dα`` and ``d_v``, the edge GEMM's output gradient ``[dq_e | dk_e | du_e]``, and
+the scores' side of ``dê`` with ``[dP | dR]`` and the node-node terms' ``[dq | dk]`` — one pass each where the ATen
+path makes 5–20 ops per block.  The node operands (``[P | R]``, ``[G | P | R]``), the GEMMs and the weight gradients
+stay on ATen.  :func:`_block_scores`, :func:`_block_values`, :func:`_block_d_alpha` and
+:func:`_block_score_gradients` are the ATen path of the same passes: it runs where the kernels cannot (no compiler,
+float64, CUDA, widths without an instance, the ``bf16`` option's bfloat16 GEMM outputs, and the vmapped backward pass
+of ``is_grads_batched``, which a custom op cannot run).  Before the kernels, a step of case (a) spent two thirds of
+its time in the attention (forward 57 ms, backward 121 ms of 271 ms, timed in place), most of it in those loops; the
+same step at batch 1 (per-op overhead only) took 47 ms.  With them (``benchmarks/attention_kernel.py``, one layer,
+2 threads, the two paths alternating): the attention takes 0.70× / 0.72× the ATen path's time forward and 0.71× /
+0.66× backward on cases (a) / (b), and the training step 0.8× / 0.78× (``benchmarks/models.py``).  The kernels
+agree with the ATen path to float32 rounding (largest difference 7e-7 / 1.6e-6 of the outputs' scale), not bitwise.
 
 :class:`weightflow.models.blocks.SparseIncidence` (gather/scatter, plain autograd) is the reference these
 functions are tested against.
@@ -71,6 +82,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from weightflow.graph import NeuralGraph
+from weightflow.models import attention_kernels
 
 __all__ = ["LayerBlock", "LayeredIncidence", "LayeredAttention", "LayeredEdgeUpdate"]
 
@@ -104,11 +116,11 @@ class LayeredIncidence:
         self.inverse[self.order] = torch.arange(len(self.order), device=self.order.device)
         blocks, row = [], 0
         sizes, starts = graph.layer_sizes, graph.node_start
-        for l in range(1, len(sizes)):
-            fan_in, fan_out = sizes[l - 1], sizes[l]
+        for layer in range(1, len(sizes)):
+            fan_in, fan_out = sizes[layer - 1], sizes[layer]
             rows = slice(row, row + fan_out * batch * fan_in)
-            sources = slice(starts[l - 1], starts[l - 1] + fan_in)
-            blocks.append(LayerBlock(rows, fan_in, fan_out, sources, slice(starts[l], starts[l] + fan_out)))
+            sources = slice(starts[layer - 1], starts[layer - 1] + fan_in)
+            blocks.append(LayerBlock(rows, fan_in, fan_out, sources, slice(starts[layer], starts[layer] + fan_out)))
             row = rows.stop
         self.blocks: tuple[LayerBlock, ...] = tuple(blocks)
 
@@ -132,6 +144,14 @@ class LayeredIncidence:
         """Layered edges ``[B*E, k]`` of ``block`` as the ``[B*I]`` matrices ``[O, k]`` of each source (a strided
         view)."""
         return x[block.rows].view(block.fan_out, self.batch * block.fan_in, -1).transpose(0, 1)
+
+    def node_targets(self, x: Tensor, block: LayerBlock) -> Tensor:
+        """Node operands of ``block`` ``[O*B, J, w]`` in the order of :meth:`by_target` as ``[O, B, J, w]`` (a view)."""
+        return x.unflatten(0, (block.fan_out, self.batch))
+
+    def node_sources(self, x: Tensor, block: LayerBlock) -> Tensor:
+        """Node operands of ``block`` ``[B*I, J, w]`` in the order of :meth:`by_source` as ``[B, I, J, w]`` (a view)."""
+        return x.unflatten(0, (self.batch, block.fan_in))
 
     @staticmethod
     def targets(x: Tensor, block: LayerBlock) -> Tensor:
@@ -345,45 +365,44 @@ def _attention_forward(
     incidence: LayeredIncidence,
     heads: int,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """Scores, neighbourhood softmax and values of :class:`LayeredAttention` (no autograd)."""
+    """Scores, neighbourhood softmax and values of :class:`LayeredAttention` (no autograd); the scores' and the
+    values' edge passes run in :mod:`~weightflow.models.attention_kernels` where :func:`~.attention_kernels.usable`."""
     inc, batch, width = incidence, incidence.batch, normed.shape[1]
     nt = _NodeTerms(node_qkv, weight, bias, inc, heads, normed_gemm.dtype)
     key_width = nt.key_width
+    usable = attention_kernels.usable(width, key_width, heads, normed, normed_gemm, node_qkv)
+    ops = attention_kernels.load() if usable else None
     scale = (key_width // heads) ** -0.5
     projected = normed_gemm @ nt.w_gemm.t()  # [R, 2k + h] = [q_e | k_e | u_e]
     projected[:, 2 * key_width:].add_(nt.b_u)  # the only bias (on q, k: the node terms); addmm would copy [R, 2k + h]
     qk = projected[:, : 2 * key_width]  # no biases: they are on the node terms
-    quad = torch.mul(qk[:, :key_width], qk[:, key_width:]) @ nt.head_sum  # <q_e, k_e>_h, [R, H]
     softmax_dtype = torch.promote_types(normed.dtype, torch.float32)  # scores and α: float32 or wider
     self_score = (nt.qn * nt.kn).sum(-1, dtype=softmax_dtype).mul_(scale)  # [B, N, H]
     # raw scores, then exp(score - max) in place, then α; t: the target attends to the source, s: the reverse
-    alpha_t = torch.empty(quad.shape, dtype=softmax_dtype, device=quad.device)
+    alpha_t = torch.empty((normed.shape[0], heads), dtype=softmax_dtype, device=normed.device)
     alpha_s = torch.empty_like(alpha_t)
+    quad = None if ops else torch.mul(qk[:, :key_width], qk[:, key_width:]) @ nt.head_sum  # <q_e, k_e>_h, [R, H]
+    top = self_score.clone()  # per-node maximum, for a stable softmax
     for block in inc.blocks:
         pr_t = torch.bmm(inc.head_targets(nt.qk_heads, block), nt.w_kq)  # [2H, O*B, d]: P, R of each target
         pr_s = torch.bmm(inc.head_sources(nt.qk_heads, block), nt.w_kq)  # [2H, B*I, d]: P, R of each source
-        by_target = torch.bmm(inc.by_target(normed, block), pr_t.permute(1, 2, 0))  # [O*B, I, 2H]
-        by_target = by_target.view(block.fan_out, batch, block.fan_in, -1)  # [<P_tgt, ê> | <R_tgt, ê>]
-        by_source = torch.bmm(inc.by_source(normed, block), pr_s.permute(1, 2, 0))  # [B*I, O, 2H]
-        by_source = by_source.view(batch, block.fan_in, block.fan_out, -1).permute(2, 0, 1, 3)
-        # node-node terms <q_tgt, k_src> and <k_tgt, q_src> in one batched product
-        node_t = inc.targets(nt.qk, block).unflatten(2, (2, heads, -1))
-        node_s = inc.sources(nt.qk, block).unflatten(2, (2, heads, -1)).flip(2)
-        node_node = _node_pairs(node_t.movedim(2, 0), node_s.movedim(2, 0))
-        quad_block = inc.edges(quad, block)
-        score_t, score_s = inc.edges(alpha_t, block), inc.edges(alpha_s, block)
-        torch.add(by_target[..., :heads], by_source[..., heads:], out=score_t)
-        score_t.add_(quad_block).add_(node_node[0]).mul_(scale)
-        torch.add(by_target[..., heads:], by_source[..., :heads], out=score_s)
-        score_s.add_(quad_block).add_(node_node[1]).mul_(scale)
-    top = self_score.clone()  # per-node maximum, for a stable softmax
-    for block in inc.blocks:
-        score_t, score_s = inc.edges(alpha_t, block), inc.edges(alpha_s, block)
-        top[:, block.targets] = torch.maximum(top[:, block.targets], score_t.amax(2).transpose(0, 1))
-        top[:, block.sources] = torch.maximum(top[:, block.sources], score_s.amax(0))
+        score_t, score_s = alpha_t[block.rows], alpha_s[block.rows]
+        if ops is not None:  # one pass over the block's edges, the running maximum into top
+            ops.scores(inc.edges(normed, block), qk[block.rows], inc.node_targets(pr_t.transpose(0, 1), block),
+                       inc.node_sources(pr_s.transpose(0, 1), block), nt.qk, score_t, score_s, top,
+                       block.targets.start, block.sources.start, heads, scale)
+        else:
+            _block_scores(normed, quad, pr_t, pr_s, score_t, score_s, nt, inc, block, heads, scale)
+            by_target = inc.edges(alpha_t, block).amax(2).transpose(0, 1)
+            top[:, block.targets] = torch.maximum(top[:, block.targets], by_target)
+            top[:, block.sources] = torch.maximum(top[:, block.sources], inc.edges(alpha_s, block).amax(0))
     alpha_self = (self_score - top).exp_()
     total = alpha_self.clone()
     for block in inc.blocks:
+        if ops is not None:
+            ops.softmax_exp(alpha_t[block.rows], alpha_s[block.rows], top, total, block.fan_out, block.fan_in,
+                            block.targets.start, block.sources.start)
+            continue
         score_t, score_s = inc.edges(alpha_t, block), inc.edges(alpha_s, block)
         score_t.sub_(inc.targets(top, block).unsqueeze(2)).exp_()
         score_s.sub_(inc.sources(top, block).unsqueeze(0)).exp_()
@@ -392,23 +411,82 @@ def _attention_forward(
     inv_total = total.reciprocal_()
     alpha_self.mul_(inv_total)
     # values: Σ_e α^h ṽ_m (node part) and W_v^h A^h with A^h = Σ_e α^h ê_e (edge part), per target and source
-    values = alpha_self.to(normed.dtype).unsqueeze(-1) * nt.vn  # [B, N, H, d/H]
+    values = (alpha_self.to(normed.dtype).unsqueeze(-1) * nt.vn).contiguous()  # [B, N, H, d/H]
     w_v = nt.w_v.transpose(1, 2)  # [H, d, d/H]
     mixes = []
     for block in inc.blocks:
-        a_t, a_s = inc.edges(alpha_t, block), inc.edges(alpha_s, block)
-        a_t.mul_(inc.targets(inv_total, block).unsqueeze(2))
-        a_s.mul_(inc.sources(inv_total, block).unsqueeze(0))
-        a_t, a_s = a_t.to(normed.dtype), a_s.to(normed.dtype)
-        mix_t = torch.bmm(a_t.view(-1, block.fan_in, heads).transpose(1, 2), inc.by_target(normed, block))
-        mix_s = torch.bmm(a_s.view(block.fan_out, -1, heads).permute(1, 2, 0), inc.by_source(normed, block))
+        if ops is not None:  # α normalized in place, A_t [O*B, H, d], A_s [B*I, H, d] and the node part, one pass
+            mix_t = normed.new_empty(block.fan_out * batch, heads, width)
+            mix_s = normed.new_empty(batch * block.fan_in, heads, width)
+            ops.values(inc.edges(normed, block), alpha_t[block.rows], alpha_s[block.rows], inv_total,
+                       nt.v.contiguous(), values, inc.node_targets(mix_t, block), inc.node_sources(mix_s, block),
+                       block.targets.start, block.sources.start, heads)
+        else:
+            mix_t, mix_s = _block_values(normed, alpha_t, alpha_s, inv_total, values, nt, inc, block, heads)
         inc.add_head_targets(values, torch.bmm(mix_t.transpose(0, 1), w_v), block)  # mix_t [O*B, H, d]
         inc.add_head_sources(values, torch.bmm(mix_s.transpose(0, 1), w_v), block)  # mix_s [B*I, H, d]
-        inc.add_to_targets(values, _sum_to_targets(a_t, inc.sources(nt.v, block)), block)
-        inc.add_to_sources(values, _sum_to_sources(a_s, inc.targets(nt.v, block)), block)
         mixes += [mix_t, mix_s]
     edge_term = projected[:, 2 * key_width:]
     return values.view(node_qkv.shape[0], width), edge_term, (projected, alpha_t, alpha_s, alpha_self, *mixes)
+
+
+def _block_scores(
+    normed: Tensor,
+    quad: Tensor,
+    pr_t: Tensor,
+    pr_s: Tensor,
+    score_t: Tensor,
+    score_s: Tensor,
+    nt: _NodeTerms,
+    inc: LayeredIncidence,
+    block: LayerBlock,
+    heads: int,
+    scale: float,
+) -> None:
+    """The ATen path of one block's scores (``scores`` in :mod:`~weightflow.models.attention_kernels`):
+    ``score_t = τ (<P_t + R_s, ê> + <q_e, k_e> + <q_t, k_s>)``, ``score_s = τ (<R_t + P_s, ê> + <q_e, k_e> +
+    <k_t, q_s>)`` into the block's rows ``[O*B*I, H]``, from ``[P | R]`` per target and source (``pr_t``, ``pr_s``
+    ``[2H, ·, d]``) and ``quad`` ``[R, H]`` = ``<q_e, k_e>_h``."""
+    batch = inc.batch
+    by_target = torch.bmm(inc.by_target(normed, block), pr_t.permute(1, 2, 0))  # [O*B, I, 2H]
+    by_target = by_target.view(block.fan_out, batch, block.fan_in, -1)  # [<P_tgt, ê> | <R_tgt, ê>]
+    by_source = torch.bmm(inc.by_source(normed, block), pr_s.permute(1, 2, 0))  # [B*I, O, 2H]
+    by_source = by_source.view(batch, block.fan_in, block.fan_out, -1).permute(2, 0, 1, 3)
+    # node-node terms <q_tgt, k_src> and <k_tgt, q_src> in one batched product
+    node_t = inc.targets(nt.qk, block).unflatten(2, (2, heads, -1))
+    node_s = inc.sources(nt.qk, block).unflatten(2, (2, heads, -1)).flip(2)
+    node_node = _node_pairs(node_t.movedim(2, 0), node_s.movedim(2, 0))
+    quad_block = inc.edges(quad, block)
+    score_t, score_s = (x.view(block.fan_out, batch, block.fan_in, heads) for x in (score_t, score_s))
+    torch.add(by_target[..., :heads], by_source[..., heads:], out=score_t)
+    score_t.add_(quad_block).add_(node_node[0]).mul_(scale)
+    torch.add(by_target[..., heads:], by_source[..., :heads], out=score_s)
+    score_s.add_(quad_block).add_(node_node[1]).mul_(scale)
+
+
+def _block_values(
+    normed: Tensor,
+    alpha_t: Tensor,
+    alpha_s: Tensor,
+    inv_total: Tensor,
+    values: Tensor,
+    nt: _NodeTerms,
+    inc: LayeredIncidence,
+    block: LayerBlock,
+    heads: int,
+) -> tuple[Tensor, Tensor]:
+    """The ATen path of one block's values (``values`` in :mod:`~weightflow.models.attention_kernels`): normalizes
+    ``α`` in place, adds the node part ``Σ α ṽ`` to ``values`` and returns ``A_t`` ``[O*B, H, d]``, ``A_s``
+    ``[B*I, H, d]``."""
+    a_t, a_s = inc.edges(alpha_t, block), inc.edges(alpha_s, block)
+    a_t.mul_(inc.targets(inv_total, block).unsqueeze(2))
+    a_s.mul_(inc.sources(inv_total, block).unsqueeze(0))
+    a_t, a_s = a_t.to(normed.dtype), a_s.to(normed.dtype)
+    mix_t = torch.bmm(a_t.view(-1, block.fan_in, heads).transpose(1, 2), inc.by_target(normed, block))
+    mix_s = torch.bmm(a_s.view(block.fan_out, -1, heads).permute(1, 2, 0), inc.by_source(normed, block))
+    inc.add_to_targets(values, _sum_to_targets(a_t, inc.sources(nt.v, block)), block)
+    inc.add_to_sources(values, _sum_to_sources(a_s, inc.targets(nt.v, block)), block)
+    return mix_t, mix_s
 
 
 def _attention_backward(
@@ -435,19 +513,21 @@ def _attention_backward(
     (one batched product per target) ``+ σ_s P_src + σ_t R_src + α_s G_src`` (one per source)
     (:func:`_score_gradients`).
 
-    Every buffer derives from the incoming gradients and no op writes through ``out=``, so that the function also
-    runs under ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmapped backward pass: the likelihoods'
-    divergences use it).
+    On the ATen path every buffer derives from the incoming gradients and no op writes through ``out=``, so that the
+    function also runs under ``torch.autograd.grad(..., is_grads_batched=True)`` (a vmapped backward pass: the
+    likelihoods' divergences use it); the kernels run only on plain tensors (:func:`.attention_kernels.usable`).
     """
     inc, width = incidence, normed.shape[1]
     nt = _NodeTerms(node_qkv, weight, bias, inc, heads, normed_gemm.dtype)
     key_width = nt.key_width
     scale = (key_width // heads) ** -0.5
     grad = grad.view(nt.vn.shape)  # [B, N, H, d/H]
+    usable = attention_kernels.usable(width, nt.key_width, heads, normed, grad, normed_gemm, alpha_t)
+    ops = attention_kernels.load() if usable else None
     d_alpha_self = (grad * nt.vn).sum(-1, dtype=alpha_self.dtype)
     dot = alpha_self * d_alpha_self  # Σ_nb α dα per node, completed by _weight_gradients
     d_alpha_t, d_alpha_s, d_v, grad_w_v, operands = _weight_gradients(
-        grad, normed, alpha_t, alpha_s, mixes, dot, nt, inc, heads
+        grad, normed, alpha_t, alpha_s, mixes, dot, nt, inc, heads, ops
     )
     # softmax: dα → σ = τ α (dα − Σ_nb α dα), in place
     sigma_self = (d_alpha_self - dot).mul_(alpha_self).mul_(scale)
@@ -456,13 +536,16 @@ def _attention_backward(
         inc.edges(d_alpha_s, block).sub_(inc.sources(dot, block).unsqueeze(0))
     sigma_t, sigma_s = d_alpha_t.mul_(alpha_t).mul_(scale), d_alpha_s.mul_(alpha_s).mul_(scale)
     # quadratic term <q_e, k_e>_h: its gradient σ_t + σ_s reaches q_e through k_e and k_e through q_e
-    sigma = (sigma_t + sigma_s).to(projected.dtype) @ nt.head_sum.t()  # [R, k]
-    q_e, k_e = projected[:, :key_width], projected[:, key_width:2 * key_width]
-    d_projected = torch.cat([k_e * sigma, q_e * sigma, grad_edge_term.to(projected.dtype)], 1)  # [dq_e | dk_e | du_e]
+    if ops is not None:  # [dq_e | dk_e | du_e] in one pass over the rows
+        d_projected = ops.edge_gradients(projected, sigma_t, sigma_s, grad_edge_term.contiguous(), key_width, heads)
+    else:
+        sigma = (sigma_t + sigma_s).to(projected.dtype) @ nt.head_sum.t()  # [R, k]
+        q_e, k_e = projected[:, :key_width], projected[:, key_width:2 * key_width]
+        d_projected = torch.cat([k_e * sigma, q_e * sigma, grad_edge_term.to(projected.dtype)], 1)
     d_normed = (d_projected @ nt.w_gemm).to(normed.dtype)
     grad_w_gemm = (d_projected.t() @ normed_gemm).to(weight.dtype)
     d_qk, grad_w_kq = _score_gradients(
-        d_normed, grad, normed, alpha_t, alpha_s, sigma_t, sigma_s, operands, nt, inc, heads
+        d_normed, grad, normed, alpha_t, alpha_s, sigma_t, sigma_s, operands, nt, inc, heads, ops
     )
     # assembly: the edge projection's rows [W_q; W_k; W_v; W_u], the node terms [qn | kn | vn], the biases
     grad_w_q, grad_w_k, grad_w_u = grad_w_gemm.split([key_width, key_width, nt.sizes[3]])
@@ -488,17 +571,19 @@ def _weight_gradients(
     nt: _NodeTerms,
     inc: LayeredIncidence,
     heads: int,
+    ops: object | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[tuple[Tensor, Tensor, Tensor, Tensor]]]:
     """The values' side of the backward pass, per block: the gradients of the attention weights
     ``dα = <dout_n, ṽ_m> + <G_n, ê_e>`` (``d_alpha_t``, ``d_alpha_s`` ``[R, H]``), of the values' node terms
     ``d_v`` ``[B, N, H, d/H]`` and of ``W_v`` (``Σ_n dout_n^h ⊗ A_n^h``, ``[H, d/H, d]``); adds ``Σ_nb α dα`` to
     ``dot`` in place.  Also returns, per block, the node operands the score gradients need: ``[G | P | R]`` of each
-    target, ``[P | R | G]`` of each source and the head-major ``[q | k]`` of both."""
-    batch = inc.batch
+    target, ``[P | R | G]`` of each source and the head-major ``[q | k]`` of both.  ``ops``: the compiled kernels
+    (``d_alpha``) or ``None`` for ATen ops."""
     d_v = grad.new_zeros(nt.v.shape)
     grad_w_v, d_alphas, operands = 0, ([], []), []
+    if ops is not None:
+        d_alpha_t, d_alpha_s, values = torch.empty_like(alpha_t), torch.empty_like(alpha_s), nt.v.contiguous()
     for block, mix_t, mix_s in zip(inc.blocks, mixes[::2], mixes[1::2]):
-        a_t, a_s = inc.edges(alpha_t, block), inc.edges(alpha_s, block)
         grad_t, grad_s = inc.head_targets(grad, block), inc.head_sources(grad, block)  # [H, O*B | B*I, d/H]
         grad_w_v = grad_w_v + torch.bmm(grad_t.transpose(1, 2), mix_t.transpose(0, 1))
         grad_w_v = grad_w_v + torch.bmm(grad_s.transpose(1, 2), mix_s.transpose(0, 1))
@@ -507,23 +592,52 @@ def _weight_gradients(
         x_t = torch.bmm(nt.stack(grad_t, qk_t), nt.w_gpr).transpose(0, 1)  # [O*B, 3H, d]
         x_s = torch.bmm(nt.stack(qk_s, grad_s), nt.w_prg).transpose(0, 1)  # [B*I, 3H, d]
         operands.append((x_t, x_s, qk_t, qk_s))
-        # dα: <G, ê> on each side, plus <dout_tgt, ṽ_src> and <ṽ_tgt, dout_src> in one batched product
-        shape = (block.fan_out, batch, block.fan_in, heads)
-        node_t = torch.stack([inc.targets(grad, block), inc.targets(nt.v, block)])  # [2, O, B, H, d/H]
-        node_s = torch.stack([inc.sources(nt.v, block), inc.sources(grad, block)])  # [2, B, I, H, d/H]
-        node_node = _node_pairs(node_t, node_s)
-        da_t = torch.bmm(inc.by_target(normed, block), x_t[:, :heads].transpose(1, 2)).view(shape) + node_node[0]
-        da_s = torch.bmm(inc.by_source(normed, block), x_s[:, 2 * heads:].transpose(1, 2))
-        da_s = da_s.view(batch, block.fan_in, block.fan_out, heads).permute(2, 0, 1, 3) + node_node[1]
-        d_alphas[0].append(da_t.reshape(-1, heads))
-        d_alphas[1].append(da_s.reshape(-1, heads))
-        low_t, low_s = a_t.to(normed.dtype), a_s.to(normed.dtype)
-        inc.add_to_sources(d_v, _sum_to_sources(low_t, inc.targets(grad, block)), block)
-        inc.add_to_targets(d_v, _sum_to_targets(low_s, inc.sources(grad, block)), block)
-        inc.add_to_targets(dot, (a_t * da_t).sum(2), block)
-        inc.add_to_sources(dot, (a_s * da_s).sum(0), block)
-    d_alpha_t, d_alpha_s = (torch.cat(pieces).to(alpha_t.dtype) for pieces in d_alphas)  # [R, H]
+        if ops is not None:  # dα, Σ α dα and d_v in one pass over the block's edges
+            rows = block.rows
+            g_t, g_s = inc.node_targets(x_t[:, :heads], block), inc.node_sources(x_s[:, 2 * heads:], block)
+            ops.d_alpha(inc.edges(normed, block), g_t, g_s, grad, values, alpha_t[rows], alpha_s[rows],
+                        d_alpha_t[rows], d_alpha_s[rows], dot, d_v, block.targets.start, block.sources.start, heads)
+        else:
+            da_t, da_s = _block_d_alpha(grad, normed, alpha_t, alpha_s, x_t, x_s, dot, d_v, nt, inc, block, heads)
+            d_alphas[0].append(da_t)
+            d_alphas[1].append(da_s)
+    if ops is None:
+        d_alpha_t, d_alpha_s = (torch.cat(pieces).to(alpha_t.dtype) for pieces in d_alphas)  # [R, H]
     return d_alpha_t, d_alpha_s, d_v, grad_w_v, operands
+
+
+def _block_d_alpha(
+    grad: Tensor,
+    normed: Tensor,
+    alpha_t: Tensor,
+    alpha_s: Tensor,
+    x_t: Tensor,
+    x_s: Tensor,
+    dot: Tensor,
+    d_v: Tensor,
+    nt: _NodeTerms,
+    inc: LayeredIncidence,
+    block: LayerBlock,
+    heads: int,
+) -> tuple[Tensor, Tensor]:
+    """The ATen path of one block's ``dα_t``, ``dα_s`` (returned, ``[O*B*I, H]``) with ``Σ α dα`` added to ``dot``
+    and ``Σ α dout`` to ``d_v`` (``d_alpha`` in :mod:`~weightflow.models.attention_kernels`)."""
+    batch = inc.batch
+    a_t, a_s = inc.edges(alpha_t, block), inc.edges(alpha_s, block)
+    # dα: <G, ê> on each side, plus <dout_tgt, ṽ_src> and <ṽ_tgt, dout_src> in one batched product
+    shape = (block.fan_out, batch, block.fan_in, heads)
+    node_t = torch.stack([inc.targets(grad, block), inc.targets(nt.v, block)])  # [2, O, B, H, d/H]
+    node_s = torch.stack([inc.sources(nt.v, block), inc.sources(grad, block)])  # [2, B, I, H, d/H]
+    node_node = _node_pairs(node_t, node_s)
+    da_t = torch.bmm(inc.by_target(normed, block), x_t[:, :heads].transpose(1, 2)).view(shape) + node_node[0]
+    da_s = torch.bmm(inc.by_source(normed, block), x_s[:, 2 * heads:].transpose(1, 2))
+    da_s = da_s.view(batch, block.fan_in, block.fan_out, heads).permute(2, 0, 1, 3) + node_node[1]
+    low_t, low_s = a_t.to(normed.dtype), a_s.to(normed.dtype)
+    inc.add_to_sources(d_v, _sum_to_sources(low_t, inc.targets(grad, block)), block)
+    inc.add_to_targets(d_v, _sum_to_targets(low_s, inc.sources(grad, block)), block)
+    inc.add_to_targets(dot, (a_t * da_t).sum(2), block)
+    inc.add_to_sources(dot, (a_s * da_s).sum(0), block)
+    return da_t.reshape(-1, heads), da_s.reshape(-1, heads)
 
 
 def _score_gradients(
@@ -538,40 +652,74 @@ def _score_gradients(
     nt: _NodeTerms,
     inc: LayeredIncidence,
     heads: int,
+    ops: object | None,
 ) -> tuple[Tensor, Tensor]:
     """The scores' side of the backward pass, per block: adds the node operands' part of ``dê``
     (``α_t G_tgt + σ_t P_tgt + σ_s R_tgt + σ_s P_src + σ_t R_src + α_s G_src``) to ``d_normed`` in place and
     returns ``[dq | dk]`` of the node terms ``[B, N, 2k]`` (through the node-node terms and ``P, R``) and the
-    gradient of ``[W_k | W_q]`` through ``P, R`` (``[2H, c, d]``)."""
+    gradient of ``[W_k | W_q]`` through ``P, R`` (``[2H, c, d]``).  ``ops``: the compiled kernels (``score_grads``)
+    or ``None`` for ATen ops."""
     d_qk = grad.new_zeros(nt.qk.shape)  # [dq | dk] of the edge messages' node terms
     d_qk_heads = d_qk.view(nt.qk_heads.shape)
     grad_w_kq = 0
     w_kq = nt.w_kq.transpose(1, 2)  # [2H, d, c]
     for block, (x_t, x_s, qk_t, qk_s) in zip(inc.blocks, operands):
-        a_t, a_s = inc.edges(alpha_t, block), inc.edges(alpha_s, block)
-        sig_t, sig_s = inc.edges(sigma_t, block), inc.edges(sigma_s, block)
-        # node-node terms s_t = <q_tgt, k_src>, s_s = <q_src, k_tgt>
-        sig = torch.stack([sig_t, sig_s]).to(normed.dtype)  # [2, O, B, I, H]
-        node_t = inc.targets(nt.qk, block).unflatten(2, (2, heads, -1))
-        node_s = inc.sources(nt.qk, block).unflatten(2, (2, heads, -1))
-        d_t = _sum_to_targets(sig, node_s.flip(2).movedim(2, 0))  # [Σ_i σ_t k_src | Σ_i σ_s q_src]
-        d_s = _sum_to_sources(sig, node_t.movedim(2, 0))  # [Σ_o σ_t q_tgt | Σ_o σ_s k_tgt] = [dk | dq]
-        inc.add_to_targets(d_qk, d_t.movedim(0, 2).reshape(*d_t.shape[1:3], -1), block)
-        inc.add_to_sources(d_qk, d_s.flip(0).movedim(0, 2).reshape(*d_s.shape[1:3], -1), block)
-        # coefficients per edge [α_t | σ_t | σ_s | σ_t | α_s]: targets take [α_t | σ_t | σ_s] against
-        # [G | P | R], sources [σ_s | σ_t | α_s] against [P | R | G]; [σ_t | σ_s] and [σ_s | σ_t] give [dP | dR]
-        coef = torch.cat([a_t.expand_as(sig_t), sig_t, sig_s, sig_t, a_s.expand_as(sig_s)], -1).to(normed.dtype)
-        coef_t = coef.view(-1, block.fan_in, 5 * heads)  # [O*B, I, 5H]
-        coef_s = coef.view(block.fan_out, -1, 5 * heads).transpose(0, 1)  # [B*I, O, 5H]
-        d_pr_t = torch.bmm(coef_t[..., heads:3 * heads].transpose(1, 2), inc.by_target(normed, block))
-        d_pr_s = torch.bmm(coef_s[..., 2 * heads:4 * heads].transpose(1, 2), inc.by_source(normed, block))
-        d_pr_t, d_pr_s = d_pr_t.transpose(0, 1), d_pr_s.transpose(0, 1)  # [2H, O*B | B*I, d]
+        if ops is not None:  # dê, [dP | dR] and the node-node terms' [dq | dk] in one pass over the block's edges
+            rows, width = block.rows, normed.shape[1]
+            d_pr_t = normed.new_empty(2 * heads, block.fan_out * inc.batch, width)
+            d_pr_s = normed.new_empty(2 * heads, inc.batch * block.fan_in, width)
+            ops.score_grads(inc.edges(normed, block), inc.edges(d_normed, block), alpha_t[rows], alpha_s[rows],
+                            sigma_t[rows], sigma_s[rows], inc.node_targets(x_t, block), inc.node_sources(x_s, block),
+                            nt.qk, d_qk, inc.node_targets(d_pr_t.transpose(0, 1), block),
+                            inc.node_sources(d_pr_s.transpose(0, 1), block), block.targets.start,
+                            block.sources.start, heads)
+        else:
+            d_pr_t, d_pr_s = _block_score_gradients(
+                d_normed, normed, alpha_t, alpha_s, sigma_t, sigma_s, x_t, x_s, d_qk, nt, inc, block, heads
+            )
         grad_w_kq = grad_w_kq + torch.bmm(qk_t.transpose(1, 2), d_pr_t) + torch.bmm(qk_s.transpose(1, 2), d_pr_s)
         inc.add_head_targets(d_qk_heads, torch.bmm(d_pr_t, w_kq), block)
         inc.add_head_sources(d_qk_heads, torch.bmm(d_pr_s, w_kq), block)
-        inc.by_target(d_normed, block).baddbmm_(coef_t[..., :3 * heads], x_t)  # in place: 0.5× add_(bmm) alone
-        inc.by_source(d_normed, block).add_(torch.bmm(coef_s[..., 2 * heads:], x_s))
     return d_qk, grad_w_kq
+
+
+def _block_score_gradients(
+    d_normed: Tensor,
+    normed: Tensor,
+    alpha_t: Tensor,
+    alpha_s: Tensor,
+    sigma_t: Tensor,
+    sigma_s: Tensor,
+    x_t: Tensor,
+    x_s: Tensor,
+    d_qk: Tensor,
+    nt: _NodeTerms,
+    inc: LayeredIncidence,
+    block: LayerBlock,
+    heads: int,
+) -> tuple[Tensor, Tensor]:
+    """The ATen path of one block's score gradients (``score_grads`` in :mod:`~weightflow.models.attention_kernels`):
+    adds to ``d_normed`` and the node-node terms' part to ``d_qk``; returns ``[dP | dR]`` ``[2H, O*B | B*I, d]``."""
+    a_t, a_s = inc.edges(alpha_t, block), inc.edges(alpha_s, block)
+    sig_t, sig_s = inc.edges(sigma_t, block), inc.edges(sigma_s, block)
+    # node-node terms s_t = <q_tgt, k_src>, s_s = <q_src, k_tgt>
+    sig = torch.stack([sig_t, sig_s]).to(normed.dtype)  # [2, O, B, I, H]
+    node_t = inc.targets(nt.qk, block).unflatten(2, (2, heads, -1))
+    node_s = inc.sources(nt.qk, block).unflatten(2, (2, heads, -1))
+    d_t = _sum_to_targets(sig, node_s.flip(2).movedim(2, 0))  # [Σ_i σ_t k_src | Σ_i σ_s q_src]
+    d_s = _sum_to_sources(sig, node_t.movedim(2, 0))  # [Σ_o σ_t q_tgt | Σ_o σ_s k_tgt] = [dk | dq]
+    inc.add_to_targets(d_qk, d_t.movedim(0, 2).reshape(*d_t.shape[1:3], -1), block)
+    inc.add_to_sources(d_qk, d_s.flip(0).movedim(0, 2).reshape(*d_s.shape[1:3], -1), block)
+    # coefficients per edge [α_t | σ_t | σ_s | σ_t | α_s]: targets take [α_t | σ_t | σ_s] against
+    # [G | P | R], sources [σ_s | σ_t | α_s] against [P | R | G]; [σ_t | σ_s] and [σ_s | σ_t] give [dP | dR]
+    coef = torch.cat([a_t.expand_as(sig_t), sig_t, sig_s, sig_t, a_s.expand_as(sig_s)], -1).to(normed.dtype)
+    coef_t = coef.view(-1, block.fan_in, 5 * heads)  # [O*B, I, 5H]
+    coef_s = coef.view(block.fan_out, -1, 5 * heads).transpose(0, 1)  # [B*I, O, 5H]
+    d_pr_t = torch.bmm(coef_t[..., heads:3 * heads].transpose(1, 2), inc.by_target(normed, block))
+    d_pr_s = torch.bmm(coef_s[..., 2 * heads:4 * heads].transpose(1, 2), inc.by_source(normed, block))
+    inc.by_target(d_normed, block).baddbmm_(coef_t[..., :3 * heads], x_t)  # in place: 0.5× add_(bmm) alone
+    inc.by_source(d_normed, block).add_(torch.bmm(coef_s[..., 2 * heads:], x_s))
+    return d_pr_t.transpose(0, 1), d_pr_s.transpose(0, 1)  # [2H, O*B | B*I, d]
 
 
 class LayeredEdgeUpdate(torch.autograd.Function):
