@@ -19,7 +19,7 @@ from weightflow.align.permutations import apply_permutations, random_permutation
 from weightflow.graph import NeuralGraph
 from weightflow.models import attention_kernels, build_model
 from weightflow.models.blocks import SparseIncidence
-from weightflow.models.layered import LayeredAttention, LayeredIncidence
+from weightflow.models.layered import LayeredAttention, LayeredEdgeUpdate, LayeredIncidence
 from weightflow.weights import init_weights
 
 KERNEL_OPS = {"scores", "softmax_exp", "values", "d_alpha", "edge_gradients", "score_grads"}
@@ -110,6 +110,32 @@ def test_kernels_compute_the_attention_and_its_gradients(ops, monkeypatch, sizes
         torch.testing.assert_close(a, ref, rtol=1e-5, atol=tol, msg=name)  # the same tolerance holds for ATen
 
 
+@pytest.mark.parametrize("hidden, residual", [(16, True), (32, False)])
+def test_edge_mlp_kernels_compute_the_edge_update_and_its_gradients(ops, monkeypatch, hidden, residual):
+    """The edge MLP (pre-activation by broadcasting, SiLU, output GEMM) on its kernels equals its ATen path, forward
+    and backward, with and without the residual."""
+    sizes, batch, width = [7, 16, 16, 3], 3, 16
+    graph = NeuralGraph(sizes)
+    layered = LayeredIncidence(graph, batch)
+    gen = torch.Generator().manual_seed(2)
+    rows, nodes = batch * graph.num_edges, batch * graph.num_nodes
+    shapes = [(rows, hidden), (nodes, 2 * hidden), (width, hidden), (width,)] + [(rows, width)] * residual
+    tensors = [3 * torch.randn(*shape, generator=gen) for shape in shapes]  # pre-activations well into SiLU's tails
+    grad = torch.randn(rows, width, generator=gen)
+    counting, results = _Counting(ops), []
+    for rule in (lambda *args: False, attention_kernels.usable_edge_mlp):
+        with monkeypatch.context() as patch:
+            patch.setattr(attention_kernels, "usable_edge_mlp", rule)
+            patch.setattr(attention_kernels, "load", lambda: counting)
+            inputs = [x.clone().requires_grad_() for x in tensors]
+            out = LayeredEdgeUpdate.apply(*inputs, *([] if residual else [None]), layered)
+            out.backward(grad)
+        results.append([out.detach()] + [x.grad for x in inputs])
+    assert counting.calls["edge_mlp"] == counting.calls["edge_mlp_grad"] == len(layered.blocks)
+    for aten, kernels in zip(*results):
+        torch.testing.assert_close(kernels, aten, rtol=1e-5, atol=2e-6 * aten.abs().max().item())
+
+
 def _block_inputs(width=32, heads=4, key_width=16, fan_out=5, batch=6, fan_in=7, seed=0):
     """Random inputs of every kernel for one block of a graph with layers [fan_in, fan_out] after 2 input nodes."""
     gen = torch.Generator().manual_seed(seed)
@@ -126,7 +152,7 @@ def _block_inputs(width=32, heads=4, key_width=16, fan_out=5, batch=6, fan_in=7,
         qk=rand(batch, nodes, 2 * key_width), a_t=rand(edges, heads).abs(), a_s=rand(edges, heads).abs(),
         s_t=rand(edges, heads), s_s=rand(edges, heads), top=rand(batch, nodes, heads) + 4,
         grad=rand(batch, nodes, heads, width // heads), v=rand(batch, nodes, heads, width // heads),
-        du=rand(edges, 8), de=rand(fan_out, batch, fan_in, width),
+        du=rand(edges, 8), de=rand(fan_out, batch, fan_in, width), g_hidden=rand(edges, 16),
     )
     return inputs, (fan_out, batch, fan_in, nodes, t0, s0, heads, key_width, width)
 
@@ -153,8 +179,14 @@ def _run_every_kernel(ops, inputs, geometry):
     d_pr_t, d_pr_s = torch.empty(fan_out, batch, 2 * heads, width), torch.empty(batch, fan_in, 2 * heads, width)
     ops.score_grads(x["e"], x["de"], x["a_t"], x["a_s"], x["s_t"], x["s_s"], x["xt"], x["xs"], x["qk"], d_qk, d_pr_t,
                     d_pr_s, t0, s0, heads)
+    pre, hidden = torch.empty_like(x["g_hidden"]), torch.empty_like(x["g_hidden"])
+    d_nodes = torch.zeros(batch, nodes, 2, 16)
+    node_terms = x["qk"][..., :32].contiguous()  # [S | T], h = 16
+    ops.edge_mlp(x["proj"][:, :16], node_terms, pre, hidden, fan_out, fan_in, t0, s0)
+    d_hidden = x["g_hidden"]
+    ops.edge_mlp_grad(d_hidden, pre, d_nodes, fan_out, fan_in, t0, s0)
     return [score_t, score_s, top, total, values, mix_t, mix_s, x["a_t"], x["a_s"], d_t, d_s, dot, d_v, d_proj,
-            x["de"], d_qk, d_pr_t, d_pr_s]
+            x["de"], d_qk, d_pr_t, d_pr_s, pre, hidden, d_hidden, d_nodes]
 
 
 def test_kernels_give_the_same_bytes_on_any_number_of_threads(ops):

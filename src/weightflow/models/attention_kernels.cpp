@@ -137,29 +137,67 @@ void scores(const float* E, const float* QE, int64_t qe_stride, Rows xt, Rows xs
   });
 }
 
+// exp(x) lane-wise: 2^n exp(r) with n = round(x / ln 2) and r = x − n ln 2 (ln 2 split in two for exactness),
+// exp(r) by its degree-7 Taylor polynomial (|r| ≤ ln 2 / 2: truncation below 2e-9, a float32 ulp or two in all);
+// 0 below −87 (under float32's normal range).
+inline vec exp_lanes(vec x) {
+  typedef int32_t ivec __attribute__((vector_size(64)));
+  const vec lo = x < -87.f ? vec{} + 0.f : vec{} + 1.f;
+  x = x < -87.f ? vec{} - 87.f : x;
+  x = x > 88.f ? vec{} + 88.f : x;
+  const vec shifter = vec{} + 12582912.f;  // 1.5 · 2^23: adding and subtracting it rounds to an integer
+  const vec n = (x * 1.44269504f + shifter) - shifter;
+  const vec r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  vec p = vec{} + 1.f / 5040.f;
+  p = p * r + 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;  // 2^n
+  vec scale;
+  std::memcpy(&scale, &bits, sizeof(vec));
+  return p * scale * lo;
+}
+
 // Softmax numerators in place, α ← exp(score − top[node]), and their sums per node added to TOTAL [B, N, H] (each
 // target's over its sources, each source's over its targets).
 void softmax_exp(float* ST, float* SS, const float* TOP, float* TOTAL, Block g, int64_t H) {
-  const int64_t n = g.I * H;
+  const int64_t n = g.I * H, whole = n / L * L;
   at::parallel_for(0, g.B, 1, [&](int64_t begin, int64_t end) {
     float sum_t[MAXH];
+    std::vector<float> top_t(L % H ? n : 0);  // the target's maxima repeated over its sources, [I, H]
     for (int64_t b = begin; b < end; ++b) {
       const float* top_s = TOP + (b * g.N + g.s0) * H;  // the graph's sources, [I, H], contiguous
       float* total_s = TOTAL + (b * g.N + g.s0) * H;
       for (int64_t o = 0; o < g.O; ++o) {
         const int64_t trow = b * g.N + g.t0 + o;
         float *st = ST + (o * g.B + b) * n, *ss = SS + (o * g.B + b) * n;
-        const float* top_t = TOP + trow * H;
-#pragma omp simd
-        for (int64_t k = 0; k < n; ++k) {
-          st[k] = std::exp(st[k] - top_t[k % H]);
+        vec pattern, acc = {};  // with H | 16, a vector's lanes repeat the heads: one pattern, one accumulator
+        for (int k = 0; k < L; ++k) pattern[k] = TOP[trow * H + k % H];
+        if (L % H)
+          for (int64_t k = 0; k < n; ++k) top_t[k] = TOP[trow * H + k % H];
+        for (int64_t k = 0; k < whole; k += L) {
+          const vec a = exp_lanes(load(st + k) - (L % H ? load(top_t.data() + k) : pattern));
+          store(st + k, a);
+          store(ss + k, exp_lanes(load(ss + k) - load(top_s + k)));
+          acc += a;
+        }
+        for (int64_t k = whole; k < n; ++k) {
+          st[k] = std::exp(st[k] - TOP[trow * H + k % H]);
           ss[k] = std::exp(ss[k] - top_s[k]);
         }
         std::fill_n(sum_t, H, 0.f);
-        for (int64_t k = 0; k < n; ++k) sum_t[k % H] += st[k];
+        if (L % H)
+          for (int64_t k = 0; k < whole; ++k) sum_t[k % H] += st[k];
+        else
+          for (int k = 0; k < L; ++k) sum_t[k % H] += acc[k];
+        for (int64_t k = whole; k < n; ++k) sum_t[k % H] += st[k];
         for (int64_t h = 0; h < H; ++h) TOTAL[trow * H + h] += sum_t[h];
-#pragma omp simd
-        for (int64_t k = 0; k < n; ++k) total_s[k] += ss[k];
+        for (int64_t k = 0; k < whole; k += L) store(total_s + k, load(total_s + k) + load(ss + k));
+        for (int64_t k = whole; k < n; ++k) total_s[k] += ss[k];
       }
     }
   });
@@ -384,6 +422,53 @@ void edge_gradients(const float* P, int64_t p_row, const float* SGT, const float
   });
 }
 
+// The edge MLP's hidden layer on one block: pre = u_e + S[source] + T[target] and hidden = SiLU(pre) = pre σ(pre)
+// (NS: the node terms [S | T], [B, N, 2 h]).
+void edge_mlp(const float* U, int64_t u_row, const float* NS, float* PRE, float* HID, Block g, int64_t h) {
+  const int64_t HC = h / L;
+  at::parallel_for(0, g.B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t o = 0; o < g.O; ++o) {
+        const float* t = NS + (b * g.N + g.t0 + o) * 2 * h + h;
+        for (int64_t i = 0; i < g.I; ++i) {
+          const int64_t r = (o * g.B + b) * g.I + i;
+          const float* s = NS + (b * g.N + g.s0 + i) * 2 * h;
+          for (int64_t j = 0; j < HC; ++j) {
+            const vec z = load(U + r * u_row + j * L) + load(s + j * L) + load(t + j * L);
+            store(PRE + r * h + j * L, z);
+            store(HID + r * h + j * L, z / (1.f + exp_lanes(-z)));
+          }
+        }
+      }
+  });
+}
+
+// Its backward pass: d_pre = g SiLU'(pre) = g σ (1 + pre (1 − σ)) in place of g = dL/d hidden, and the node terms'
+// gradients Σ_o d_pre per source and Σ_i d_pre per target added to DN [B, N, 2, h].
+void edge_mlp_grad(float* G, const float* PRE, float* DN, Block g, int64_t h) {
+  const int64_t HC = h / L;
+  at::parallel_for(0, g.B, 1, [&](int64_t begin, int64_t end) {
+    vec acc[MAXK];
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t i = 0; i < g.I; ++i) {
+        for (int64_t j = 0; j < HC; ++j) acc[j] = vec{};
+        for (int64_t o = 0; o < g.O; ++o) {
+          const int64_t r = (o * g.B + b) * g.I + i;
+          float* dt = DN + ((b * g.N + g.t0 + o) * 2 + 1) * h;
+          for (int64_t j = 0; j < HC; ++j) {
+            const vec z = load(PRE + r * h + j * L), sig = 1.f / (1.f + exp_lanes(-z));
+            const vec d = load(G + r * h + j * L) * sig * (1.f + z * (1.f - sig));
+            store(G + r * h + j * L, d);
+            store(dt + j * L, load(dt + j * L) + d);
+            acc[j] += d;
+          }
+        }
+        float* ds = DN + (b * g.N + g.s0 + i) * 2 * h;
+        for (int64_t j = 0; j < HC; ++j) store(ds + j * L, load(ds + j * L) + acc[j]);
+      }
+  });
+}
+
 Block block(const Tensor& edges, int64_t nodes, int64_t t0, int64_t s0) {
   TORCH_CHECK(edges.dim() == 4, "edges: expected the block's edge states as [O, B, I, D], got ", edges.sizes());
   return {edges.size(0), edges.size(1), edges.size(2), nodes, t0, s0};
@@ -426,8 +511,9 @@ void softmax_exp_op(Tensor& score_t, Tensor& score_s, const Tensor& top, Tensor&
   softmax_exp(data(score_t, "score_t"), data(score_s, "score_s"), data(top, "top"), data(total, "total"), g, heads);
 }
 
-void values_op(const Tensor& edges, Tensor& alpha_t, Tensor& alpha_s, const Tensor& inv_total, const Tensor& node_values,
-               Tensor& out, Tensor& mix_t, Tensor& mix_s, int64_t t0, int64_t s0, int64_t heads) {
+void values_op(const Tensor& edges, Tensor& alpha_t, Tensor& alpha_s, const Tensor& inv_total,
+               const Tensor& node_values, Tensor& out, Tensor& mix_t, Tensor& mix_s, int64_t t0, int64_t s0,
+               int64_t heads) {
   const Block g = block(edges, out.size(1), t0, s0);
   const int64_t D = edges.size(3);
   WEIGHTFLOW_DISPATCH_WIDTH(D, values, data(edges, "edges"), data(alpha_t, "alpha_t"), data(alpha_s, "alpha_s"),
@@ -469,6 +555,34 @@ Tensor edge_gradients_op(const Tensor& projected, const Tensor& sigma_t, const T
   return out;
 }
 
+Block edge_block(int64_t rows, int64_t fan_out, int64_t fan_in, int64_t nodes, int64_t t0, int64_t s0) {
+  TORCH_CHECK(rows % (fan_out * fan_in) == 0, "edge MLP: ", rows, " rows do not tile blocks of ", fan_out, " x ",
+              fan_in);
+  return {fan_out, rows / (fan_out * fan_in), fan_in, nodes, t0, s0};
+}
+
+int64_t hidden_width(int64_t h) {
+  TORCH_CHECK(h % L == 0 && h / L <= MAXK, "edge MLP: hidden width ", h, " is not a multiple of 16 up to ", MAXK * L);
+  return h;
+}
+
+void edge_mlp_op(const Tensor& edge_term, const Tensor& node_terms, Tensor& pre, Tensor& hidden, int64_t fan_out,
+                 int64_t fan_in, int64_t t0, int64_t s0) {
+  const int64_t h = hidden_width(pre.size(1));
+  TORCH_CHECK(edge_term.dim() == 2 && edge_term.stride(1) == 1 && edge_term.scalar_type() == at::kFloat &&
+              edge_term.size(1) == h, "edge_term: expected float32 rows [R, h] with a contiguous last axis");
+  const Block g = edge_block(pre.size(0), fan_out, fan_in, node_terms.size(1), t0, s0);
+  edge_mlp(edge_term.data_ptr<float>(), edge_term.stride(0), data(node_terms, "node_terms"), data(pre, "pre"),
+           data(hidden, "hidden"), g, h);
+}
+
+void edge_mlp_grad_op(Tensor& grad, const Tensor& pre, Tensor& d_nodes, int64_t fan_out, int64_t fan_in, int64_t t0,
+                      int64_t s0) {
+  const int64_t h = hidden_width(pre.size(1));
+  const Block g = edge_block(pre.size(0), fan_out, fan_in, d_nodes.size(1), t0, s0);
+  edge_mlp_grad(data(grad, "grad"), data(pre, "pre"), data(d_nodes, "d_nodes"), g, h);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(weightflow_attention, m) {
@@ -484,6 +598,10 @@ TORCH_LIBRARY(weightflow_attention, m) {
   m.def("score_grads(Tensor edges, Tensor(a!) d_edges, Tensor alpha_t, Tensor alpha_s, Tensor sigma_t, "
         "Tensor sigma_s, Tensor xt, Tensor xs, Tensor qk, Tensor(b!) d_qk, Tensor(c!) d_pr_t, Tensor(d!) d_pr_s, "
         "int t0, int s0, int heads) -> ()");
+  m.def("edge_mlp(Tensor edge_term, Tensor node_terms, Tensor(a!) pre, Tensor(b!) hidden, int fan_out, int fan_in, "
+        "int t0, int s0) -> ()");
+  m.def("edge_mlp_grad(Tensor(a!) grad, Tensor pre, Tensor(b!) d_nodes, int fan_out, int fan_in, int t0, "
+        "int s0) -> ()");
   m.def("edge_gradients(Tensor projected, Tensor sigma_t, Tensor sigma_s, Tensor grad_edge_term, int key, "
         "int heads) -> Tensor");
 }
@@ -495,4 +613,6 @@ TORCH_LIBRARY_IMPL(weightflow_attention, CPU, m) {
   m.impl("d_alpha", &d_alpha_op);
   m.impl("score_grads", &score_grads_op);
   m.impl("edge_gradients", &edge_gradients_op);
+  m.impl("edge_mlp", &edge_mlp_op);
+  m.impl("edge_mlp_grad", &edge_mlp_grad_op);
 }

@@ -1,8 +1,9 @@
-"""Compiled CPU kernels for the fused NG-T attention: four passes over a layer block's edges, built once per machine.
+"""Compiled CPU kernels for the fused NG-T attention and edge MLP: one pass over a layer block's edges each, built once
+per machine.
 
 :mod:`weightflow.models.layered` computes the attention block by block with ATen ops: for each block a handful of
 batched products over hundreds of tiny matrices and element-wise ops on ``[·, H]`` tensors, about 18,000 ATen calls a
-training step.  Each of the four loops below is one pass over the block's edge states ``ê`` ``[O, B, I, d]`` in
+training step.  Each of the loops below is one pass over the block's edge states ``ê`` ``[O, B, I, d]`` in
 ``attention_kernels.cpp`` (per edge ``(o, b, i)`` from source ``i`` to target ``o`` of graph ``b``, and head ``h``;
 ``τ`` the scale, ``·_t`` a term of the target, ``·_s`` of the source):
 
@@ -11,29 +12,36 @@ training step.  Each of the four loops below is one pass over the block's edge s
     <k_t, q_s>)`` — the target attending to the source and the reverse, from the per-node operands ``[P | R]``, the
     edge GEMM's ``q_e, k_e`` and the node terms ``q, k``;
 ``values``
-    ``A_t = Σ_i α_t ê`` per target, ``A_s = Σ_o α_s ê`` per source (the values' edge part is ``W_v A``);
+    ``α ← α / Σ α`` in place, then ``A_t = Σ_i α_t ê`` per target and ``A_s = Σ_o α_s ê`` per source (the values' edge
+    part is ``W_v A``) and the node part ``Σ α ṽ``;
 ``d_alpha``
     ``dα_t = <G_t, ê> + <dout_t, ṽ_s>``, ``dα_s = <G_s, ê> + <ṽ_t, dout_s>``, and, accumulated, ``Σ α dα`` per node and
     the values' node-term gradients ``Σ α dout``;
 ``score_grads``
     ``dê += Σ_h α_t G_t + σ_t P_t + σ_s R_t + σ_s P_s + σ_t R_s + α_s G_s``; ``[dP_t | dR_t] = Σ_i [σ_t | σ_s] ê``,
-    ``[dP_s | dR_s] = Σ_o [σ_s | σ_t] ê``; the node terms' ``[dq | dk]`` through ``<q_t, k_s>`` and ``<k_t, q_s>``.
+    ``[dP_s | dR_s] = Σ_o [σ_s | σ_t] ê``; the node terms' ``[dq | dk]`` through ``<q_t, k_s>`` and ``<k_t, q_s>``;
+
+and, over the block's rows, ``softmax_exp`` (``α ← exp(score − max)`` and its sums per node; the maximum comes out of
+``scores``), ``edge_gradients`` (``[σ k_e | σ q_e | du_e]``, the edge GEMM's output gradient, ``σ = σ_t + σ_s`` per
+head), and the edge MLP's hidden layer ``edge_mlp`` (``z = u_e + S_s + T_t``, ``SiLU(z)``) with its backward pass
+``edge_mlp_grad`` (``dz = g SiLU'(z)`` and the node terms' sums).  ``exp`` runs on 16 lanes at a time (Cody–Waite
+reduction and a degree-7 polynomial: within a float32 ulp or two of ATen's).
 
 Each runs over the graphs of the batch in parallel (ATen's thread pool, so ``torch.set_num_threads`` and the
 training's ``flow.threads`` apply) and writes every output element from one thread in a fixed order: the results do
 not depend on the number of threads.  They agree with the ATen path to float32 rounding, not bitwise (sums run in
-another order), so a run takes one path throughout: the kernels wherever :func:`load` succeeds.
+another order): the same config gives the same bytes on the same machine, where the same calls take the kernels.
 
 Built with ``torch.utils.cpp_extension.load`` (g++ with OpenMP, and ninja — a dependency of this package) into
 PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), once per machine:
-about a minute on 2 cores, then a load in milliseconds; concurrent builds wait on PyTorch's file lock.  The build is
+13–16 s on 2 cores, then a load in milliseconds; concurrent builds wait on PyTorch's file lock.  The build is
 named after the source's hash and the CPU's vector extension (``AVX512``, ``AVX2`` or ``DEFAULT``, compiled with the
 matching ``-m`` flags, never ``-march=native``), so nodes of a cluster that share a home directory never load code
 compiled for another CPU.  ``WEIGHTFLOW_KERNELS=0`` turns the kernels off; where the build fails (no compiler, no
-OpenMP) the reason is logged once and the ATen path runs.  :func:`usable` says whether a call may use them: float32
-CPU tensors, an edge width of 16, 32, 64 or 128 and a key width that is a multiple of 16 (the kernels work on vectors
-of 16 floats), outside ``torch.func`` transforms (the likelihoods' vmapped backward pass runs the ATen path: a custom
-op has no batching rule).
+OpenMP) the reason is logged once and the ATen path runs.  :func:`usable` (:func:`usable_edge_mlp`) says whether a
+call may use them: float32 CPU tensors, an edge width of 16, 32, 64 or 128 and a key width (edge-MLP width) that is a
+multiple of 16 (the kernels work on vectors of 16 floats), outside ``torch.func`` transforms and the likelihoods'
+vmapped backward pass, which run the ATen path (a custom op has no batching rule).
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["load", "usable", "WIDTHS"]
+__all__ = ["load", "usable", "usable_edge_mlp", "WIDTHS"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +133,15 @@ def usable(width: int, key_width: int, heads: int, *tensors: Tensor) -> bool:
         if x.device.type != "cpu" or x.dtype != torch.float32 or not _plain(x):
             return False
     return load() is not None
+
+
+def usable_edge_mlp(hidden: int, *tensors: Tensor) -> bool:
+    """Whether the edge MLP's kernels may run: a hidden width that is a multiple of 16 (at most 128) and ``tensors``
+    as :func:`usable` asks."""
+    if hidden % 16 or not 0 < hidden <= 128:
+        return False
+    plain = all(x.device.type == "cpu" and x.dtype == torch.float32 and _plain(x) for x in tensors)
+    return plain and load() is not None
 
 
 def _plain(x: Tensor) -> bool:

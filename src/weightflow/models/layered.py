@@ -54,18 +54,21 @@ bfloat16 ``bmm`` on strided views copies its operands).
 Compiled kernels.  On float32 CPU tensors the per-block passes over ``ê`` run in
 :mod:`weightflow.models.attention_kernels` (C++, built once per machine): the scores with their running maximum,
 the softmax's numerators and sums, the values (``α`` normalized in place, ``A_t``, ``A_s`` and the node part), the
-weights' gradients ``dα`` with ``Σ α dα`` and ``d_v``, the edge GEMM's output gradient ``[dq_e | dk_e | du_e]``, and
-the scores' side of ``dê`` with ``[dP | dR]`` and the node-node terms' ``[dq | dk]`` — one pass each where the ATen
-path makes 5–20 ops per block.  The node operands (``[P | R]``, ``[G | P | R]``), the GEMMs and the weight gradients
-stay on ATen.  :func:`_block_scores`, :func:`_block_values`, :func:`_block_d_alpha` and
-:func:`_block_score_gradients` are the ATen path of the same passes: it runs where the kernels cannot (no compiler,
-float64, CUDA, widths without an instance, the ``bf16`` option's bfloat16 GEMM outputs, and the vmapped backward pass
-of ``is_grads_batched``, which a custom op cannot run).  Before the kernels, a step of case (a) spent two thirds of
-its time in the attention (forward 57 ms, backward 121 ms of 271 ms, timed in place), most of it in those loops; the
-same step at batch 1 (per-op overhead only) took 47 ms.  With them (``benchmarks/attention_kernel.py``, one layer,
-2 threads, the two paths alternating): the attention takes 0.70× / 0.72× the ATen path's time forward and 0.71× /
-0.66× backward on cases (a) / (b), and the training step 0.8× / 0.78× (``benchmarks/models.py``).  The kernels
-agree with the ATen path to float32 rounding (largest difference 7e-7 / 1.6e-6 of the outputs' scale), not bitwise.
+weights' gradients ``dα`` with ``Σ α dα`` and ``d_v``, the edge GEMM's output gradient ``[dq_e | dk_e | du_e]``, the
+scores' side of ``dê`` with ``[dP | dR]`` and the node-node terms' ``[dq | dk]``, and the edge MLP's ``SiLU(u_e + S +
+T)`` with its backward pass and node sums — one pass each where the ATen path makes 3–20 ops per block.  The node
+operands (``[P | R]``, ``[G | P | R]``), the GEMMs and the weight gradients stay on ATen.  :func:`_block_scores`,
+:func:`_block_values`, :func:`_block_d_alpha` and :func:`_block_score_gradients` are the ATen path of the same passes:
+it runs where the kernels cannot (no compiler, float64, CUDA, widths without an instance, the ``bf16`` option's
+bfloat16 GEMM outputs, and the vmapped backward pass of ``is_grads_batched``, which a custom op cannot run).
+
+Before the kernels, a step of case (a) spent two thirds of its time in the attention (forward 57 ms, backward
+121 ms of 271 ms, timed in place), most of it in those loops; the same step at batch 1 (per-op overhead only) took
+47 ms.  With them, measured with the two paths alternating in one process (2 threads): one layer's attention takes
+0.66× / 0.61× the ATen path's time forward and 0.68× / 0.64× backward on cases (a) / (b)
+(``benchmarks/attention_kernel.py``), and the training step 0.75× / 0.76× (``benchmarks/models.py`` with and without
+``--no-kernels``, three rounds).  The kernels agree with the ATen path to float32 rounding (largest difference 7e-7 /
+1e-6 of the outputs' scale), not bitwise.
 
 :class:`weightflow.models.blocks.SparseIncidence` (gather/scatter, plain autograd) is the reference these
 functions are tested against.
@@ -732,7 +735,8 @@ class LayeredEdgeUpdate(torch.autograd.Function):
     the output GEMM runs in ``u_e``'s dtype and adds the residual when the dtypes agree.
 
     Saved for backward: ``z`` and ``σ(z)`` ``[R, h]`` (for ``σ'(z)`` and ``dW_o``; plain autograd keeps both too);
-    the gathered node terms ``S[source] + T[target]`` are never stored.
+    the gathered node terms ``S[source] + T[target]`` are never stored.  ``z, σ(z)`` and, backward, ``σ'(z)`` with
+    the node sums run in :mod:`~weightflow.models.attention_kernels` where :func:`~.attention_kernels.usable_edge_mlp`.
     """
 
     @staticmethod
@@ -748,13 +752,20 @@ class LayeredEdgeUpdate(torch.autograd.Function):
         dtype = edge_term.dtype
         with torch.autocast(edge_term.device.type, enabled=False):
             node_terms, w_out, b_out = (x.to(dtype) for x in (node_terms, w_out, b_out))
-            source, target = node_terms.view(incidence.batch, incidence.num_nodes, -1).chunk(2, dim=-1)
             pre = torch.empty(edge_term.shape, dtype=dtype, device=edge_term.device)
-            for block in incidence.blocks:
-                z = incidence.edges(pre, block)
-                torch.add(incidence.edges(edge_term, block), incidence.sources(source, block).unsqueeze(0), out=z)
-                z.add_(incidence.targets(target, block).unsqueeze(2))
-            hidden = F.silu(pre)
+            if attention_kernels.usable_edge_mlp(edge_term.shape[1], edge_term, node_terms):
+                hidden, ops = torch.empty_like(pre), attention_kernels.load()
+                nodes = node_terms.view(incidence.batch, incidence.num_nodes, -1)
+                for block in incidence.blocks:  # pre and SiLU(pre) in one pass
+                    ops.edge_mlp(edge_term[block.rows], nodes, pre[block.rows], hidden[block.rows], block.fan_out,
+                                 block.fan_in, block.targets.start, block.sources.start)
+            else:
+                source, target = node_terms.view(incidence.batch, incidence.num_nodes, -1).chunk(2, dim=-1)
+                for block in incidence.blocks:
+                    z = incidence.edges(pre, block)
+                    torch.add(incidence.edges(edge_term, block), incidence.sources(source, block).unsqueeze(0), out=z)
+                    z.add_(incidence.targets(target, block).unsqueeze(2))
+                hidden = F.silu(pre)
             if residual is not None and residual.dtype == dtype:
                 out = torch.addmm(residual, hidden, w_out.t()).add_(b_out)
             else:
@@ -772,12 +783,20 @@ class LayeredEdgeUpdate(torch.autograd.Function):
         with torch.autocast(pre.device.type, enabled=False):
             grad_update = grad.to(pre.dtype)
             grad_w_out = grad_update.t() @ hidden
-            d_pre = torch.ops.aten.silu_backward(grad_update @ w_out, pre)
-            d_nodes = d_pre.new_zeros(inc.batch, inc.num_nodes, 2, d_pre.shape[1])
-            for block in inc.blocks:
-                z = inc.edges(d_pre, block)
-                inc.add_to_sources(d_nodes[:, :, 0], z.sum(0), block)
-                inc.add_to_targets(d_nodes[:, :, 1], z.sum(2), block)
+            d_hidden = grad_update @ w_out
+            d_nodes = d_hidden.new_zeros(inc.batch, inc.num_nodes, 2, pre.shape[1])  # batched under vmap, as d_hidden
+            if attention_kernels.usable_edge_mlp(pre.shape[1], pre, d_hidden):
+                ops = attention_kernels.load()
+                for block in inc.blocks:  # SiLU's backward in place and the node sums, one pass
+                    ops.edge_mlp_grad(d_hidden[block.rows], pre[block.rows], d_nodes, block.fan_out, block.fan_in,
+                                      block.targets.start, block.sources.start)
+                d_pre = d_hidden
+            else:
+                d_pre = torch.ops.aten.silu_backward(d_hidden, pre)
+                for block in inc.blocks:
+                    z = inc.edges(d_pre, block)
+                    inc.add_to_sources(d_nodes[:, :, 0], z.sum(0), block)
+                    inc.add_to_targets(d_nodes[:, :, 1], z.sum(2), block)
         d_nodes = d_nodes.view(inc.batch * inc.num_nodes, -1)
         grad_residual = grad if ctx.has_residual else None
         return d_pre, d_nodes, grad_w_out, grad_update.sum(0), grad_residual, None

@@ -158,8 +158,9 @@ class NGT(GraphVectorField):
         Compiling the fused kernels instead took 10 minutes for 0.96×; the whole model's reference, twice the time
         for 0.72–0.77×.  Since the fused path's attention runs on compiled C++ kernels
         (:mod:`weightflow.models.attention_kernels`), the default run's NG-T (d = 32, depth 3, batch 32, 30-16-16-2;
-        the three alternating in one process) steps in 126 ms compiled, 150 ms fused with the kernels and 174 ms
-        fused on ATen ops at 1 thread (the training's ``flow.threads``), and in 128 / 104 / 130 ms at 2 threads.
+        the three alternating in one process) steps in 124 ms compiled, 139 ms fused with the kernels and 174 ms
+        fused on ATen ops at 1 thread (the training's ``flow.threads``: so the default run still compiles for
+        training), and in 123 / 101 / 127 ms at 2 threads.
         """
         for block in self.blocks:
             block.compile(*args, **kwargs)
