@@ -525,7 +525,7 @@ def _attention_backward(
     key_width = nt.key_width
     scale = (key_width // heads) ** -0.5
     grad = grad.view(nt.vn.shape)  # [B, N, H, d/H]
-    usable = attention_kernels.usable(width, nt.key_width, heads, normed, grad, normed_gemm, alpha_t)
+    usable = attention_kernels.usable(width, nt.key_width, heads, normed, grad, grad_edge_term, normed_gemm, alpha_t)
     ops = attention_kernels.load() if usable else None
     d_alpha_self = (grad * nt.vn).sum(-1, dtype=alpha_self.dtype)
     dot = alpha_self * d_alpha_self  # Σ_nb α dα per node, completed by _weight_gradients
