@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import math
 import os
+import threading
+import time
 
 import pytest
 import torch
@@ -263,6 +265,22 @@ def test_usable_only_where_the_kernels_apply(ops):
 def test_kernels_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("WEIGHTFLOW_KERNELS", "0")
     assert attention_kernels.load.__wrapped__() is None
+
+
+def test_build_lock_left_by_a_killed_build_is_removed(tmp_path):
+    """PyTorch waits on its build lock file without bound: a lock older than the limit is removed, a live one (its
+    build finishing) is waited for."""
+    lock = tmp_path / "lock"
+    lock.touch()
+    old = time.time() - 1000
+    os.utime(lock, (old, old))
+    attention_kernels._wait_for_lock(lock, stale_after_s=300)
+    assert not lock.exists()
+    lock.touch()
+    threading.Timer(0.3, lock.unlink).start()
+    start = time.monotonic()
+    attention_kernels._wait_for_lock(lock, stale_after_s=300)
+    assert time.monotonic() - start >= 0.25 and not lock.exists()
 
 
 def _ngt(sizes):

@@ -33,15 +33,16 @@ not depend on the number of threads.  They agree with the ATen path to float32 r
 another order): the same config gives the same bytes on the same machine, where the same calls take the kernels.
 
 Built with ``torch.utils.cpp_extension.load`` (g++ with OpenMP, and ninja — a dependency of this package) into
-PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), once per machine:
-13–16 s on 2 cores, then a load in milliseconds; concurrent builds wait on PyTorch's file lock.  The build is
-named after the source's hash and the CPU's vector extension (``AVX512``, ``AVX2`` or ``DEFAULT``, compiled with the
-matching ``-m`` flags, never ``-march=native``), so nodes of a cluster that share a home directory never load code
-compiled for another CPU.  ``WEIGHTFLOW_KERNELS=0`` turns the kernels off; where the build fails (no compiler, no
-OpenMP) the reason is logged once and the ATen path runs.  :func:`usable` (:func:`usable_edge_mlp`) says whether a
-call may use them: float32 CPU tensors, an edge width of 16, 32, 64 or 128 and a key width (edge-MLP width) that is a
-multiple of 16 (the kernels work on vectors of 16 floats), outside ``torch.func`` transforms and the likelihoods'
-vmapped backward pass, which run the ATen path (a custom op has no batching rule).
+PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``, under ``weightflow/``),
+once per machine: 13–16 s on 2 cores, then a load in milliseconds; concurrent builds wait on PyTorch's lock file,
+and a lock file left by a killed build is removed after :data:`STALE_LOCK_S` (PyTorch would wait on it forever).
+The build is named after the source's hash and the CPU's vector extension (``AVX512``, ``AVX2`` or ``DEFAULT``,
+compiled with the matching ``-m`` flags, never ``-march=native``), so nodes of a cluster that share a home directory
+never load code compiled for another CPU.  ``WEIGHTFLOW_KERNELS=0`` turns the kernels off; where the build fails (no
+compiler, no OpenMP) the reason is logged once and the ATen path runs.  :func:`usable` (:func:`usable_edge_mlp`) says
+whether a call may use them: float32 CPU tensors, an edge width of 16, 32, 64 or 128 and a key width (edge-MLP
+width) that is a multiple of 16 (the kernels work on vectors of 16 floats), outside ``torch.func`` transforms and the
+likelihoods' vmapped backward pass, which run the ATen path (a custom op has no batching rule).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("attention_kernels.cpp")
 WIDTHS = (16, 32, 64, 128)  # edge widths the kernels are instantiated for
+STALE_LOCK_S = 300.0  # a build takes 13–16 s on 2 cores: a build lock this old was left by a killed build
 _ARCH_FLAGS = {  # per ATen CPU capability: vector flags safe on every CPU that reports it
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
@@ -94,7 +96,10 @@ def load() -> object | None:
     flags = ["-O3", "-fopenmp", *_ARCH_FLAGS.get(capability, [])]
     start = time.perf_counter()
     try:
-        build(name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], is_python_module=False)
+        directory = _build_directory(name)
+        _wait_for_lock(directory / "lock")
+        build(name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], is_python_module=False,
+              build_directory=str(directory))
     except Exception as error:  # a failed build must not stop a run: the ATen path computes the same function
         lines = str(error).strip().splitlines()
         reason = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else type(error).__name__)
@@ -104,6 +109,31 @@ def load() -> object | None:
     if seconds > 5:
         log.info("attention kernels built in %.0f s (%s, %s)", seconds, capability, name)
     return torch.ops.weightflow_attention
+
+
+def _build_directory(name: str) -> Path:
+    """``$TORCH_EXTENSIONS_DIR`` (or PyTorch's default root) ``/weightflow/<name>``, created."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    directory = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / "weightflow" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _wait_for_lock(lock: Path, stale_after_s: float = STALE_LOCK_S) -> None:
+    """Wait while another process builds (PyTorch's lock file ``lock`` exists), at most until the file is
+    ``stale_after_s`` old; then remove it.  PyTorch itself waits on that file without bound, and a build killed midway
+    (a job's time limit, Ctrl-C) leaves it behind: every later run would hang."""
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > stale_after_s:
+            log.warning("removing a build lock left %.0f s ago by an interrupted build: %s", age, lock)
+            lock.unlink(missing_ok=True)
+            return
+        time.sleep(0.5)
 
 
 def _find_ninja() -> bool:
