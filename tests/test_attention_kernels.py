@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from model_checks import assert_fused_matches_reference
 
 from weightflow.align.permutations import apply_permutations, random_permutations
 from weightflow.graph import NeuralGraph
@@ -294,17 +295,7 @@ def test_ngt_on_kernels_is_equivariant_and_matches_the_reference(ops):
     model = _ngt(sizes)
     x = init_weights(sizes, 3, init_std=0.5, bias_std=0.3, generator=torch.Generator().manual_seed(0))
     t = torch.rand(3, generator=torch.Generator().manual_seed(1))
-    results = []
-    for fused in (False, True):
-        model.fused = fused
-        model.zero_grad()
-        out = model(x, t)
-        (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
-        results.append((out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
-    (ref_out, ref_grads), (out, grads) = results
-    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
-    for name, grad in ref_grads.items():
-        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    out = assert_fused_matches_reference(model, x, t)
     perms = random_permutations(3, sizes, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         permuted = model(apply_permutations(x, sizes, perms), t)

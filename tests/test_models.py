@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from model_checks import assert_fused_matches_reference
 
 from weightflow.align.permutations import apply_permutations, random_permutations
 from weightflow.graph import NeuralGraph
@@ -237,18 +238,7 @@ def test_layered_functions_pass_gradcheck():
 def test_fused_ngt_matches_the_reference_path(sizes):
     """The whole model: outputs and every parameter's gradient agree between the fused path and fused=False."""
     model = build_model("ngt", sizes, seed=0, **dict(SMALL, key_width=4, edge_hidden=12))
-    x, t = weights(sizes, 3), times(3)
-    results = []
-    for fused in (False, True):
-        model.fused = fused
-        model.zero_grad()
-        out = model(x, t)
-        (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
-        results.append((out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
-    (ref_out, ref_grads), (out, grads) = results
-    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
-    for name, grad in ref_grads.items():
-        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert_fused_matches_reference(model, weights(sizes, 3), times(3))
 
 
 def test_fused_ngt_with_dropout_trains_and_evaluates():

@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -203,6 +204,30 @@ void softmax_exp(float* ST, float* SS, const float* TOP, float* TOTAL, Block g, 
   });
 }
 
+// One node's share of `values`: over its edges k (edge(k) = {row r, the other end's node row}), α ← α · inv in
+// place, Σ_k α ê into the node's mix rows and Σ_k α ṽ_other added to its value row `val`.
+template <int C, class EdgeOf>
+inline void node_values(int64_t edges, EdgeOf edge, float* A, const float* inv, const float* E, const float* V,
+                        float* val, float* const* mix, const Heads& hv, std::vector<vec>& acc) {
+  constexpr int64_t D = C * L;
+  const int64_t H = hv.H;
+  vec e[C], node[C] = {}, lane[C];
+  std::fill(acc.begin(), acc.end(), vec{});
+  for (int64_t k = 0; k < edges; ++k) {
+    const auto [r, other] = edge(k);
+    for (int c = 0; c < C; ++c) e[c] = load(E + r * D + c * L), lane[c] = vec{};
+    for (int64_t h = 0; h < H; ++h) {
+      const float a = A[r * H + h] *= inv[h];
+      for (int c = 0; c < C; ++c) acc[h * C + c] += a * e[c];
+      for (int64_t c = hv.lo[h]; c < hv.hi[h]; ++c) lane[c] += a * hv.mask[h][c];
+    }
+    for (int c = 0; c < C; ++c) node[c] += lane[c] * load(V + other * D + c * L);
+  }
+  for (int64_t h = 0; h < H; ++h)
+    for (int c = 0; c < C; ++c) store(mix[h] + c * L, acc[h * C + c]);
+  for (int c = 0; c < C; ++c) store(val + c * L, load(val + c * L) + node[c]);
+}
+
 // Values: α ← α / total[node] in place (the softmax's normalization, the α saved for backward), then the edge part
 // A_t[o, b, h] = Σ_i α_t ê, A_s[b, i, h] = Σ_o α_s ê and the node part Σ_i α_t ṽ_s, Σ_o α_s ṽ_t added to VAL.
 template <int C>
@@ -212,43 +237,19 @@ void values(const float* E, float* AT, float* AS, const float* INV, const float*
   const int64_t H = hv.H;
   at::parallel_for(0, g.B, 1, [&](int64_t begin, int64_t end) {
     std::vector<vec> acc(H * C);
-    vec e[C], node[C], lane[C];
+    std::vector<float*> mix(H);
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t o = 0; o < g.O; ++o) {  // targets, over their contiguous edges
         const int64_t trow = b * g.N + g.t0 + o;
-        std::fill(acc.begin(), acc.end(), vec{});
-        for (int c = 0; c < C; ++c) node[c] = vec{};
-        for (int64_t i = 0; i < g.I; ++i) {
-          const int64_t r = (o * g.B + b) * g.I + i, srow = b * g.N + g.s0 + i;
-          for (int c = 0; c < C; ++c) e[c] = load(E + r * D + c * L), lane[c] = vec{};
-          for (int64_t h = 0; h < H; ++h) {
-            const float a = AT[r * H + h] *= INV[trow * H + h];
-            for (int c = 0; c < C; ++c) acc[h * C + c] += a * e[c];
-            for (int64_t c = hv.lo[h]; c < hv.hi[h]; ++c) lane[c] += a * hv.mask[h][c];
-          }
-          for (int c = 0; c < C; ++c) node[c] += lane[c] * load(V + srow * D + c * L);
-        }
-        for (int64_t h = 0; h < H; ++h)
-          for (int c = 0; c < C; ++c) store(mt.at(o, b, h) + c * L, acc[h * C + c]);
-        for (int c = 0; c < C; ++c) store(VAL + trow * D + c * L, load(VAL + trow * D + c * L) + node[c]);
+        for (int64_t h = 0; h < H; ++h) mix[h] = mt.at(o, b, h);
+        auto edge = [&](int64_t i) { return std::pair<int64_t, int64_t>{(o * g.B + b) * g.I + i, b * g.N + g.s0 + i}; };
+        node_values<C>(g.I, edge, AT, INV + trow * H, E, V, VAL + trow * D, mix.data(), hv, acc);
       }
       for (int64_t i = 0; i < g.I; ++i) {  // then sources (the graph's edges in L2)
         const int64_t srow = b * g.N + g.s0 + i;
-        std::fill(acc.begin(), acc.end(), vec{});
-        for (int c = 0; c < C; ++c) node[c] = vec{};
-        for (int64_t o = 0; o < g.O; ++o) {
-          const int64_t r = (o * g.B + b) * g.I + i, trow = b * g.N + g.t0 + o;
-          for (int c = 0; c < C; ++c) e[c] = load(E + r * D + c * L), lane[c] = vec{};
-          for (int64_t h = 0; h < H; ++h) {
-            const float a = AS[r * H + h] *= INV[srow * H + h];
-            for (int c = 0; c < C; ++c) acc[h * C + c] += a * e[c];
-            for (int64_t c = hv.lo[h]; c < hv.hi[h]; ++c) lane[c] += a * hv.mask[h][c];
-          }
-          for (int c = 0; c < C; ++c) node[c] += lane[c] * load(V + trow * D + c * L);
-        }
-        for (int64_t h = 0; h < H; ++h)
-          for (int c = 0; c < C; ++c) store(ms.at(b, i, h) + c * L, acc[h * C + c]);
-        for (int c = 0; c < C; ++c) store(VAL + srow * D + c * L, load(VAL + srow * D + c * L) + node[c]);
+        for (int64_t h = 0; h < H; ++h) mix[h] = ms.at(b, i, h);
+        auto edge = [&](int64_t o) { return std::pair<int64_t, int64_t>{(o * g.B + b) * g.I + i, b * g.N + g.t0 + o}; };
+        node_values<C>(g.O, edge, AS, INV + srow * H, E, V, VAL + srow * D, mix.data(), hv, acc);
       }
     }
   });
